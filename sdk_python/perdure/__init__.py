@@ -1,0 +1,53 @@
+"""Perdure: make any function survive crashes, restarts and deployments.
+
+    from perdure import Perdure
+
+    perdure = Perdure()
+
+    @perdure.durable("notifications:email:send", max_attempts=5)
+    async def send_email(to: str, subject: str) -> dict: ...
+
+    async with perdure:
+        handle = await send_email("user@example.com", "Welcome!")
+        print(await handle.result())
+"""
+
+from perdure._client import DurableFunction, Perdure
+from perdure._errors import (
+    InvalidArgumentError,
+    JobCancelledError,
+    JobDeadError,
+    JobFailedError,
+    JobNotFoundError,
+    NonRetryableError,
+    NotStartedError,
+    PerdureError,
+    SidecarUnavailableError,
+)
+from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle
+from perdure._options import JobOptions
+from perdure._worker import CurrentJob, JobEvent
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttemptRecord",
+    "CurrentJob",
+    "DurableFunction",
+    "ErrorInfo",
+    "InvalidArgumentError",
+    "JobCancelledError",
+    "JobDeadError",
+    "JobDetails",
+    "JobEvent",
+    "JobFailedError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobOptions",
+    "NonRetryableError",
+    "NotStartedError",
+    "Perdure",
+    "PerdureError",
+    "SidecarUnavailableError",
+    "__version__",
+]

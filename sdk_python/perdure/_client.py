@@ -1,0 +1,217 @@
+"""`Perdure`: the client. Turns functions durable, enqueues calls, serves this process's handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from perdure import _serde
+from perdure._errors import (
+    InvalidArgumentError,
+    JobNotFoundError,
+    NotStartedError,
+    PerdureError,
+    SidecarUnavailableError,
+)
+from perdure._handle import JobHandle
+from perdure._options import JobOptions
+from perdure._sidecar import LocalSidecar
+from perdure._worker import Callback, JobEvent, Worker, current_job
+from perdure.v1 import jobs_pb2_grpc
+
+EVENTS = ("job:start", "job:success", "job:error", "job:dead")
+MAX_MESSAGE = 64 * 1024 * 1024
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Perdure:
+    """Durable execution through a perdured sidecar.
+
+        Perdure()                               # spawns a local perdured on the embedded PostgreSQL
+        Perdure(storage="postgresql://...")     # spawns perdured against that database
+        Perdure(address="127.0.0.1:7433")       # uses a running sidecar
+
+    Use it as `async with perdure:` (or `await perdure.start()` / `await perdure.stop()`).
+    """
+
+    def __init__(self, *, address: str | None = None, storage: str | None = None,
+                 namespace: str = "default", worker_concurrency: int = 10,
+                 data_dir: str | Path | None = None, shutdown_grace: float = 10.0) -> None:
+        if address and storage:
+            raise ValueError("give either address (a running sidecar) or storage (a database for a spawned one), not both")
+        if not isinstance(worker_concurrency, int) or isinstance(worker_concurrency, bool) or worker_concurrency < 1:
+            raise ValueError(f"worker_concurrency must be an integer of at least 1, got {worker_concurrency!r}")
+        if not namespace or not isinstance(namespace, str):
+            raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+        self.address = address
+        self.namespace = namespace
+        self.worker_concurrency = worker_concurrency
+        self.shutdown_grace = shutdown_grace
+        self._sidecar = None if address else LocalSidecar(storage=storage, data_dir=data_dir)
+        self._functions: dict[str, DurableFunction] = {}
+        self._callbacks: dict[str, list[Callback]] = {event: [] for event in EVENTS}
+        self._channel: grpc.aio.Channel | None = None
+        self._jobs: jobs_pb2_grpc.JobsStub | None = None
+        self._worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._channel is not None:
+            return
+        if self._sidecar is not None:
+            self.address = await self._sidecar.start()
+        assert self.address
+        self._channel = grpc.aio.insecure_channel(self.address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ])
+        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        if self._functions:
+            # Only a process with handlers takes work, and only for the names it has.
+            handlers = {name: fn.fn for name, fn in self._functions.items()}
+            self._worker = Worker(self._channel, namespace=self.namespace, handlers=handlers,
+                                  concurrency=self.worker_concurrency, emit=self._emit)
+            self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
+
+    async def stop(self) -> None:
+        if self._worker is not None and self._worker_task is not None:
+            await self._worker.stop(self.shutdown_grace)
+            self._worker_task.cancel()
+            await asyncio.gather(self._worker_task, return_exceptions=True)
+            self._worker = self._worker_task = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._jobs = None
+        if self._sidecar is not None:
+            await self._sidecar.stop()
+
+    async def __aenter__(self) -> "Perdure":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Wait until the worker stream is registered with the sidecar (useful in tests and demos)."""
+        if self._worker is None:
+            raise PerdureError("this process serves no durable functions")
+        await asyncio.wait_for(self._worker.registered.wait(), timeout)
+
+    # -- durable functions ----------------------------------------------------------------
+
+    def durable(self, name: str, *, max_attempts: int | None = None, backoff: str | None = None,
+                initial_delay: float | None = None, max_delay: float | None = None,
+                timeout: float | None = None, jitter: float | None = None) -> Callable[[F], "DurableFunction"]:
+        """Make a function durable under `name`: calling it enqueues a job and returns a JobHandle."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a durable function needs a non-empty name, got {name!r}")
+        options = JobOptions().merged(max_attempts=max_attempts, backoff=backoff, initial_delay=initial_delay,
+                                      max_delay=max_delay, timeout=timeout, jitter=jitter)
+
+        def register(fn: F) -> DurableFunction:
+            if not callable(fn):
+                raise TypeError(f"durable({name!r}) must decorate a function, got {fn!r}")
+            if name in self._functions:
+                raise ValueError(f"a durable function named {name!r} is already registered")
+            if self._channel is not None:
+                raise PerdureError(f"define durable function {name!r} before starting Perdure")
+            durable = DurableFunction(self, name, fn, options)
+            self._functions[name] = durable
+            return durable
+
+        return register
+
+    async def enqueue(self, name: str, *args: Any, **options: Any) -> JobHandle:
+        """Enqueue a call of `name` by name (its handler may live in another process or language).
+        Keyword arguments are job options (idempotency_key, max_attempts, timeout, delay, ...)."""
+        return await self._enqueue(name, args, {}, JobOptions().merged(**options))
+
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle on an existing job, e.g. one whose id was stored earlier."""
+        return JobHandle(self, str(job_id))
+
+    def on(self, event: str, callback: Callback) -> None:
+        """Call `callback(JobEvent)` (sync or async) when a handler of this process starts,
+        succeeds, fails an attempt (job:error) or fails for good (job:dead)."""
+        if event not in self._callbacks:
+            raise ValueError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
+        self._callbacks[event].append(callback)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _enqueue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       options: JobOptions) -> JobHandle:
+        parent = current_job.get()
+        request = options.request(namespace=self.namespace, name=name,
+                                  payload=_serde.encode_call(name, args, kwargs),
+                                  parent_id=parent.id if parent else None)
+        response = await self._call("Enqueue", request)
+        return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
+
+    async def _call(self, method: str, request: Any, timeout: float | None = 30.0) -> Any:
+        if self._jobs is None:
+            raise NotStartedError()
+        try:
+            return await getattr(self._jobs, method)(request, timeout=timeout, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+
+    async def _emit(self, event: str, info: JobEvent) -> None:
+        for callback in self._callbacks[event]:
+            try:
+                outcome = callback(info)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # a broken callback must not fail the job
+                import logging
+                logging.getLogger("perdure").warning("callback for %s failed: %r", event, exc)
+
+
+def _translate(exc: grpc.aio.AioRpcError) -> Exception:
+    code, detail = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgumentError(detail)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return JobNotFoundError(detail)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return SidecarUnavailableError(f"perdured is unavailable ({code.name}): {detail}")
+    return PerdureError(f"{code.name}: {detail}")
+
+
+class DurableFunction:
+    """A function made durable. `await f(*args)` enqueues and returns a JobHandle;
+    `f.options(...)(*args)` does the same with per-call options; `f.fn` is the plain function."""
+
+    def __init__(self, client: Perdure, name: str, fn: Callable[..., Any], options: JobOptions) -> None:
+        self.client = client
+        self.name = name
+        self.fn = fn
+        self.default_options = options
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
+        return await self.client._enqueue(self.name, args, kwargs, self.default_options)
+
+    def options(self, **overrides: Any) -> "_BoundCall":
+        """Per-call options: idempotency_key, delay, and any retry option or timeout."""
+        return _BoundCall(self, self.default_options.merged(**overrides))
+
+    def __repr__(self) -> str:
+        return f"<durable function {self.name!r}>"
+
+
+class _BoundCall:
+    def __init__(self, function: DurableFunction, options: JobOptions) -> None:
+        self._function, self._options = function, options
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
+        return await self._function.client._enqueue(self._function.name, args, kwargs, self._options)

@@ -1,0 +1,51 @@
+"""Exceptions of the Perdure SDK. Each docstring is the default message."""
+
+from __future__ import annotations
+
+
+class PerdureError(Exception):
+    """Something went wrong in Perdure."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class NotStartedError(PerdureError):
+    """Perdure is not started: use `async with perdure:` or `await perdure.start()` first."""
+
+
+class SidecarUnavailableError(PerdureError):
+    """The perdured sidecar cannot be reached."""
+
+
+class JobNotFoundError(PerdureError, LookupError):
+    """No such job in this namespace."""
+
+
+class InvalidArgumentError(PerdureError, ValueError):
+    """The sidecar refused the request as malformed."""
+
+
+class JobFailedError(PerdureError):
+    """The job did not finish with a result."""
+
+    def __init__(self, message: str, *, job_id: str, attempts: int,
+                 error_type: str = "", error_message: str = "", traceback: str = "") -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback = traceback
+
+
+class JobDeadError(JobFailedError):
+    """The job failed for good: its attempts ran out or it raised a non-retryable error."""
+
+
+class JobCancelledError(JobFailedError):
+    """The job was cancelled."""
+
+
+class NonRetryableError(Exception):
+    """Raise this (or a subclass) in a handler to fail the job at once, without retrying it."""

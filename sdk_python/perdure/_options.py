@@ -1,0 +1,95 @@
+"""Per-function and per-call options, checked here so that mistakes fail at the call site."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+
+from perdure.v1 import jobs_pb2, types_pb2
+
+BACKOFFS = {
+    "exponential": types_pb2.BACKOFF_EXPONENTIAL,
+    "linear": types_pb2.BACKOFF_LINEAR,
+    "fixed": types_pb2.BACKOFF_FIXED,
+}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Unset (None) options take the sidecar's defaults: 3 attempts, exponential backoff from
+    1 s up to 60 s with 0.1 jitter, a 30 s timeout per attempt."""
+
+    max_attempts: int | None = None
+    backoff: str | None = None
+    initial_delay: float | None = None
+    max_delay: float | None = None
+    jitter: float | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    delay: float | None = None
+
+    def merged(self, **overrides: Any) -> "JobOptions":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        options = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        options.check()
+        return options
+
+    def check(self) -> None:
+        if self.max_attempts is not None and (not _is_int(self.max_attempts) or self.max_attempts < 1):
+            raise ValueError(f"max_attempts must be an integer of at least 1, got {self.max_attempts!r}")
+        if self.backoff is not None and self.backoff not in BACKOFFS:
+            raise ValueError(f"backoff must be one of {', '.join(BACKOFFS)}, got {self.backoff!r}")
+        for name in ("initial_delay", "max_delay", "delay"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value < 0):
+                raise ValueError(f"{name} must be a number of seconds, not negative, got {value!r}")
+        if self.timeout is not None and (not _is_number(self.timeout) or self.timeout <= 0):
+            raise ValueError(f"timeout must be a number of seconds greater than 0, got {self.timeout!r}")
+        if self.jitter is not None and (not _is_number(self.jitter) or not 0 <= self.jitter <= 1):
+            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        if (self.initial_delay is not None and self.max_delay is not None
+                and self.max_delay < self.initial_delay):
+            raise ValueError(f"max_delay ({self.max_delay}) must not be less than initial_delay ({self.initial_delay})")
+        if self.idempotency_key is not None and (not isinstance(self.idempotency_key, str) or not self.idempotency_key):
+            raise ValueError(f"idempotency_key must be a non-empty string, got {self.idempotency_key!r}")
+
+    def request(self, *, namespace: str, name: str, payload: types_pb2.Payload,
+                parent_id: str | None = None) -> jobs_pb2.EnqueueRequest:
+        retry = types_pb2.RetryPolicy(backoff=BACKOFFS.get(self.backoff or "", types_pb2.BACKOFF_UNSPECIFIED))
+        if self.max_attempts is not None:
+            retry.max_attempts = self.max_attempts
+        if self.initial_delay is not None:
+            retry.initial_delay.CopyFrom(_duration(self.initial_delay))
+        if self.max_delay is not None:
+            retry.max_delay.CopyFrom(_duration(self.max_delay))
+        if self.jitter is not None:
+            retry.jitter = self.jitter
+        request = jobs_pb2.EnqueueRequest(
+            namespace=namespace, name=name, payload=payload, retry=retry,
+            idempotency_key=self.idempotency_key or "", parent_id=parent_id or "",
+        )
+        if self.timeout is not None:
+            request.timeout.CopyFrom(_duration(self.timeout))
+        if self.delay:
+            request.delay.CopyFrom(_duration(self.delay))
+        return request
+
+
+def _duration(seconds: float) -> Duration:
+    message = Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))

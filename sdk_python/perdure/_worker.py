@@ -1,0 +1,233 @@
+"""The worker side of the `Work` stream: runs this process's handlers for the sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import os
+import socket
+import traceback
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from perdure import _serde
+from perdure._errors import NonRetryableError
+from perdure._handle import STATES, ErrorInfo
+from perdure.v1 import types_pb2, workers_pb2, workers_pb2_grpc
+
+SDK = "perdure-python/0.1.0"
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """The job a handler runs for; durable calls made inside it become its children."""
+
+    id: str
+    name: str
+    attempt: int
+    max_attempts: int
+    namespace: str
+
+
+current_job: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar("perdure_current_job", default=None)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """What lifecycle callbacks receive (`perdure.on(...)`)."""
+
+    job_id: str
+    name: str
+    attempt: int
+    max_attempts: int
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+Callback = Callable[[JobEvent], Any]
+
+
+class Worker:
+    """One Work stream: registers the handlers, runs assignments, reconnects when it drops."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, namespace: str, handlers: dict[str, Callable[..., Any]],
+                 concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]]) -> None:
+        self._stub = workers_pb2_grpc.WorkersStub(channel)
+        self._namespace = namespace
+        self._handlers = handlers
+        self._concurrency = concurrency
+        self._emit = emit
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perdure-handler")
+        self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._acks: dict[tuple[str, int], asyncio.Future[workers_pb2.OutcomeAck]] = {}
+        self._outbox: asyncio.Queue[workers_pb2.WorkerMessage] = asyncio.Queue()
+        self._stopping = False
+        self.worker_id = ""
+        self.registered = asyncio.Event()
+
+    async def run(self) -> None:
+        """Keep a stream open until stopped, reconnecting with backoff when the sidecar goes away."""
+        delay = 0.05
+        while not self._stopping:
+            try:
+                await self._session()
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise  # a bad registration will not get better by retrying
+            finally:
+                self.registered.clear()
+                self._abandon_running()
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _session(self) -> None:
+        call = self._stub.Work(wait_for_ready=True)
+        writer = asyncio.create_task(self._write(call))
+        try:
+            await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
+                namespace=self._namespace, names=sorted(self._handlers), concurrency=self._concurrency,
+                worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK,
+            )))
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                kind = message.WhichOneof("kind")
+                if kind == "registered":
+                    self.worker_id = message.registered.worker_id
+                    self.registered.set()
+                elif kind == "assignment":
+                    self._start(message.assignment)
+                elif kind == "cancel":
+                    task = self._running.get((message.cancel.job_id, message.cancel.attempt))
+                    if task is not None:
+                        task.cancel()
+                elif kind == "ack":
+                    future = self._acks.pop((message.ack.job_id, message.ack.attempt), None)
+                    if future is not None and not future.done():
+                        future.set_result(message.ack)
+        finally:
+            writer.cancel()
+            call.cancel()
+
+    async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
+        # gRPC allows one write at a time: every outgoing message goes through here.
+        while True:
+            message = await self._outbox.get()
+            await call.write(message)
+
+    def _start(self, assignment: workers_pb2.Assignment) -> None:
+        key = (assignment.job_id, assignment.attempt)
+        task = asyncio.create_task(self._run_job(assignment))
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+    async def _run_job(self, assignment: workers_pb2.Assignment) -> None:
+        job = CurrentJob(assignment.job_id, assignment.name, assignment.attempt,
+                         assignment.max_attempts, assignment.namespace)
+        info = JobEvent(job.id, job.name, job.attempt, job.max_attempts)
+        outcome = workers_pb2.Outcome(job_id=job.id, attempt=job.attempt)
+        handler = self._handlers.get(assignment.name)
+        result: Any = None
+        error: ErrorInfo | None = None
+        try:
+            if handler is None:  # the sidecar only sends registered names; be safe anyway
+                raise NonRetryableError(f"no handler for {assignment.name!r} in this process")
+            args, kwargs = _serde.decode_call(assignment.payload)
+            await self._emit("job:start", info)
+            result = await self._invoke(handler, job, args, kwargs)
+            try:
+                outcome.success.CopyFrom(_serde.encode_result(result))
+            except (TypeError, ValueError) as exc:
+                # It would fail the same way every time: no retry.
+                raise NonRetryableError(f"the result of {job.name!r} is not JSON-serialisable: {exc}") from None
+        except asyncio.CancelledError:
+            outcome.cancelled.SetInParent()
+        except BaseException as exc:  # everything a handler raises is the attempt's error
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            error = ErrorInfo(
+                type=_type_name(exc), message=str(exc),
+                traceback="".join(traceback.format_exception(exc)),
+                non_retryable=isinstance(exc, NonRetryableError),
+            )
+            outcome.failure.CopyFrom(types_pb2.JobError(
+                type=error.type, message=error.message, traceback=error.traceback,
+                non_retryable=error.non_retryable))
+        ack = await self._send(outcome)
+        if ack is None or not ack.recorded:
+            return
+        state = STATES.get(ack.state, "")
+        if outcome.HasField("success"):
+            await self._emit("job:success", JobEvent(job.id, job.name, job.attempt, job.max_attempts, result=result))
+        elif error is not None:
+            event = JobEvent(job.id, job.name, job.attempt, job.max_attempts, error=error)
+            await self._emit("job:error", event)
+            if state == "dead":
+                await self._emit("job:dead", event)
+
+    async def _invoke(self, handler: Callable[..., Any], job: CurrentJob, args: list[Any],
+                      kwargs: dict[str, Any]) -> Any:
+        token = current_job.set(job)
+        try:
+            if inspect.iscoroutinefunction(handler):
+                return await handler(*args, **kwargs)
+            # Plain functions run in the thread pool; a cancelled one cannot be interrupted, so its
+            # slot is held until it really returns.
+            context = contextvars.copy_context()
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, functools.partial(context.run, handler, *args, **kwargs))
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait([future])
+                raise
+        finally:
+            current_job.reset(token)
+
+    async def _send(self, outcome: workers_pb2.Outcome) -> workers_pb2.OutcomeAck | None:
+        """Send an outcome and wait for the sidecar to say it is committed (None if the stream drops)."""
+        key = (outcome.job_id, outcome.attempt)
+        future: asyncio.Future[workers_pb2.OutcomeAck] = asyncio.get_running_loop().create_future()
+        self._acks[key] = future
+        self._outbox.put_nowait(workers_pb2.WorkerMessage(outcome=outcome))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            return None
+        finally:
+            self._acks.pop(key, None)
+
+    def _abandon_running(self) -> None:
+        # The stream is gone and the sidecar has put these jobs back: their answers could not
+        # count any more, so stop them.
+        for task in list(self._running.values()):
+            task.cancel()
+        for future in self._acks.values():
+            future.cancel()
+        self._acks.clear()
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+
+    async def stop(self, grace: float) -> None:
+        """Finish what runs within `grace` seconds, then hang up (the sidecar puts the rest back)."""
+        self._stopping = True
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=grace)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+

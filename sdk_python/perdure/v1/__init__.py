@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for the perdure.v1 contract (see proto/)."""

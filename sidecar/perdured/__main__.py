@@ -1,0 +1,3 @@
+from perdured.cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""The gRPC services: Jobs (enqueue and read back) and Workers (the Work stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
+from perdured import convert, validation
+from perdured.batcher import Batcher
+from perdured.dispatch import Dispatcher
+from perdured.events import EventHub, JobEvent
+from perdured.logs import log
+from perdured.store import TERMINAL_STATES, Store
+from perdured.validation import InvalidArgument, NewJob
+
+MAX_AWAIT = 60.0
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+WATCH_BUFFER = 10_000
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _invalid_argument_is_status(method: Handler) -> Handler:
+    """Bad input becomes INVALID_ARGUMENT with the message naming the field."""
+
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    wrapper.__name__ = method.__name__
+    return wrapper  # type: ignore[return-value]
+
+
+class JobsService(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, store: Store, events: EventHub, *, max_payload_bytes: int) -> None:
+        self.store = store
+        self.events = events
+        self.max_payload_bytes = max_payload_bytes
+        # Group commit: concurrent Enqueue calls share one INSERT and one commit.
+        self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(store.enqueue)
+
+    @_invalid_argument_is_status
+    async def Enqueue(self, request: jobs_pb2.EnqueueRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueResponse:
+        job = validation.enqueue_request(request, self.max_payload_bytes)
+        row, deduplicated = await self._enqueuer.submit(job)
+        log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
+        return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
+
+    @_invalid_argument_is_status
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
+        job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
+        row = await self._existing(job_id, namespace, context)
+        attempts = await self.store.get_attempts(job_id)
+        return jobs_pb2.GetJobResponse(job=convert.job(row, attempts))
+
+    @_invalid_argument_is_status
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        namespace = validation.namespace(request.namespace)
+        name = validation.function_name(request.name) if request.name else None
+        states = validation.job_states(list(request.states)) or None
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for the default)")
+        page_size = request.page_size or DEFAULT_PAGE_SIZE
+        before = validation.job_id(request.page_token, "page_token") if request.page_token else None
+        rows = await self.store.list_jobs(namespace, name, states, before, page_size + 1)
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        return jobs_pb2.ListJobsResponse(
+            jobs=[convert.job(r) for r in rows],
+            next_page_token=str(rows[-1]["id"]) if more else "",
+        )
+
+    @_invalid_argument_is_status
+    async def AwaitJob(self, request: jobs_pb2.AwaitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.AwaitJobResponse:
+        job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
+        wait = validation.seconds(request.wait, "wait") if request.HasField("wait") else MAX_AWAIT
+        deadline = asyncio.get_running_loop().time() + min(wait, MAX_AWAIT)
+        # Listen first, then read: a job that finishes in between still wakes us.
+        with self.events.job_waiter(job_id) as finished:
+            while True:
+                row = await self._existing(job_id, namespace, context)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if row["state"] in TERMINAL_STATES or remaining <= 0:
+                    break
+                finished.clear()
+                try:
+                    await asyncio.wait_for(finished.wait(), remaining)
+                except TimeoutError:
+                    pass
+        return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=row["state"] in TERMINAL_STATES)
+
+    @_invalid_argument_is_status
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CancelJobResponse:
+        job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
+        cancelled = await self.store.cancel_job(job_id, namespace)
+        row = await self._existing(job_id, namespace, context)
+        if cancelled:
+            log.info("job.cancelled", job_id=str(job_id))
+        return jobs_pb2.CancelJobResponse(job=convert.job(row), cancelled=cancelled)
+
+    @_invalid_argument_is_status
+    async def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobResponse:
+        job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
+        retried = await self.store.retry_job(job_id, namespace)
+        row = await self._existing(job_id, namespace, context)
+        if not retried:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"job {job_id} is {row['state']}; only dead or cancelled jobs can be retried")
+        log.info("job.retried", job_id=str(job_id))
+        return jobs_pb2.RetryJobResponse(job=convert.job(row))
+
+    @_invalid_argument_is_status
+    async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.JobEvent]:
+        namespace = validation.namespace(request.namespace)
+        name = validation.function_name(request.name) if request.name else None
+        job_id = validation.job_id(request.job_id, "job_id") if request.job_id else None
+        queue: asyncio.Queue[JobEvent | None] = asyncio.Queue()
+
+        def deliver(event: JobEvent) -> None:
+            if event.namespace != namespace or (name and event.name != name) or (job_id and event.job_id != job_id):
+                return
+            queue.put_nowait(event)
+            if queue.qsize() > WATCH_BUFFER:  # a client that does not read: let it go
+                unsubscribe()
+                queue.put_nowait(None)
+
+        unsubscribe = self.events.subscribe(deliver)
+        try:
+            while (event := await queue.get()) is not None:
+                await context.write(convert.event(event))
+        finally:
+            with contextlib.suppress(ValueError):  # already unsubscribed after falling behind
+                unsubscribe()
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the watcher fell more than {WATCH_BUFFER} events behind; watch again")
+
+    async def _existing(self, job_id: uuid.UUID, namespace: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        row = await self.store.get_job(job_id, namespace)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id} in namespace {namespace!r}")
+        return row  # type: ignore[return-value]
+
+
+class WorkersService(workers_pb2_grpc.WorkersServicer):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def Work(self, request_iterator: AsyncIterator[workers_pb2.WorkerMessage],  # type: ignore[override]
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[workers_pb2.SidecarMessage]:
+        # grpc.aio treats a handler as streaming only if it is itself an async generator.
+        async for message in self.dispatcher.work(request_iterator, context):
+            yield message

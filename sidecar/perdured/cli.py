@@ -1,0 +1,35 @@
+"""`perdured`: serve (the default) or apply migrations and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from perdured import logs
+from perdured.config import build_parser, settings_from
+from perdured.migrate import SchemaTooNew
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from(args)
+    logs.configure(settings.log_format, settings.log_level)
+    from perdured.server import apply_migrations, database_url, serve
+
+    try:
+        if args.command == "migrate":
+            async def run_migrations() -> None:
+                applied = await apply_migrations(await database_url(settings))
+                logs.log.info("migrate.done", applied=applied)
+
+            asyncio.run(run_migrations())
+        else:
+            asyncio.run(serve(settings))
+    except SchemaTooNew as exc:
+        logs.log.error("database.schema_too_new", error=str(exc))
+        sys.exit(f"perdured: {exc}")
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        logs.log.error("sidecar.failed", error=str(exc))
+        sys.exit(f"perdured: {exc}")

@@ -1,0 +1,110 @@
+"""Settings of the sidecar: every one a command-line flag and a PERDURE_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    listen: str = "127.0.0.1:7433"
+    lease: float = 30.0
+    log_format: str = "console"
+    log_level: str = "info"
+    data_dir: Path = Path(".perdure")
+    shutdown_grace: float = 15.0
+    poll_interval: float = 5.0
+    max_payload_bytes: int = 4 * 1024 * 1024
+    pool_size: int = 10
+    # For a supervising process (the Python SDK): where to write the bound address
+    # once serving, and whether to stop when our standard input closes.
+    ready_fd: int | None = None
+    exit_with_stdin: bool = False
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept both postgres:// and postgresql:// (libpq takes both, some tools only one)."""
+    if url.startswith("postgres://"):
+        return "postgresql://" + url[len("postgres://"):]
+    return url
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+# (flag, environment variable, type, help). The default comes from Settings.
+_OPTIONS: list[tuple[str, str, object, str]] = [
+    ("--database-url", "PERDURE_DATABASE_URL", str,
+     "PostgreSQL URL (postgres:// or postgresql://). Unset: an embedded PostgreSQL in --data-dir."),
+    ("--listen", "PERDURE_LISTEN", str, "gRPC address to serve on (host:port; port 0 picks one)."),
+    ("--lease", "PERDURE_LEASE", _positive_float,
+     "Seconds a claimed job stays ours without renewal; a dead sidecar's jobs return after it."),
+    ("--log-format", "PERDURE_LOG_FORMAT", str, "json or console."),
+    ("--log-level", "PERDURE_LOG_LEVEL", str, "debug, info, warning or error."),
+    ("--data-dir", "PERDURE_DATA_DIR", Path, "Where the embedded PostgreSQL keeps its data."),
+    ("--shutdown-grace", "PERDURE_SHUTDOWN_GRACE", float,
+     "Seconds in-flight jobs get to finish on SIGTERM before they are handed back."),
+    ("--poll-interval", "PERDURE_POLL_INTERVAL", _positive_float,
+     "Seconds between safety polls (notifications wake the scheduler; this only catches strays)."),
+    ("--max-payload-bytes", "PERDURE_MAX_PAYLOAD_BYTES", _positive_int,
+     "Largest accepted payload or result."),
+    ("--pool-size", "PERDURE_POOL_SIZE", _positive_int, "Database connections at most."),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perdured",
+        description="The Perdure sidecar: durable execution on PostgreSQL over gRPC.",
+        epilog="Every flag can also be set by the PERDURE_* variable shown with it.",
+    )
+    defaults = Settings()
+    for flag, env, kind, text in _OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        default = getattr(defaults, dest)
+        parser.add_argument(flag, dest=dest, type=kind, default=None,
+                            help=f"{text} [{env}; default: {default}]")
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve",
+                        help="serve (the default) or migrate: apply the schema and exit.")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Flags win over PERDURE_* variables, which win over the defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, object] = {}
+    for flag, env, kind, _ in _OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        value = getattr(args, dest)
+        if value is None and environ.get(env):
+            try:
+                value = kind(environ[env])  # type: ignore[operator]
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise SystemExit(f"perdured: {env}: {exc}") from None
+        if value is not None:
+            values[dest] = value
+    if values.get("database_url"):
+        values["database_url"] = normalise_database_url(str(values["database_url"]))
+    settings = Settings(**values, ready_fd=args.ready_fd, exit_with_stdin=args.exit_with_stdin)  # type: ignore[arg-type]
+    if settings.log_format not in ("json", "console"):
+        raise SystemExit(f"perdured: --log-format must be json or console, got {settings.log_format!r}")
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        raise SystemExit(f"perdured: --log-level must be debug, info, warning or error, got {settings.log_level!r}")
+    return settings

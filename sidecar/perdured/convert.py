@@ -1,0 +1,130 @@
+"""Database rows and domain values to and from protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from perdure.v1 import jobs_pb2, types_pb2
+from perdured.events import JobEvent
+
+STATES = {
+    "pending": types_pb2.JOB_STATE_PENDING,
+    "running": types_pb2.JOB_STATE_RUNNING,
+    "success": types_pb2.JOB_STATE_SUCCESS,
+    "dead": types_pb2.JOB_STATE_DEAD,
+    "cancelled": types_pb2.JOB_STATE_CANCELLED,
+    "suspended": types_pb2.JOB_STATE_SUSPENDED,
+}
+BACKOFFS = {
+    "exponential": types_pb2.BACKOFF_EXPONENTIAL,
+    "linear": types_pb2.BACKOFF_LINEAR,
+    "fixed": types_pb2.BACKOFF_FIXED,
+}
+OUTCOMES = {
+    "running": types_pb2.ATTEMPT_OUTCOME_RUNNING,
+    "succeeded": types_pb2.ATTEMPT_OUTCOME_SUCCEEDED,
+    "failed": types_pb2.ATTEMPT_OUTCOME_FAILED,
+    "timed_out": types_pb2.ATTEMPT_OUTCOME_TIMED_OUT,
+    "worker_lost": types_pb2.ATTEMPT_OUTCOME_WORKER_LOST,
+    "lease_expired": types_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED,
+    "cancelled": types_pb2.ATTEMPT_OUTCOME_CANCELLED,
+    "released": types_pb2.ATTEMPT_OUTCOME_RELEASED,
+}
+EVENT_KINDS = {
+    "enqueued": jobs_pb2.JOB_EVENT_KIND_ENQUEUED,
+    "started": jobs_pb2.JOB_EVENT_KIND_STARTED,
+    "succeeded": jobs_pb2.JOB_EVENT_KIND_SUCCEEDED,
+    "attempt_failed": jobs_pb2.JOB_EVENT_KIND_ATTEMPT_FAILED,
+    "dead": jobs_pb2.JOB_EVENT_KIND_DEAD,
+    "cancelled": jobs_pb2.JOB_EVENT_KIND_CANCELLED,
+    "retried": jobs_pb2.JOB_EVENT_KIND_RETRIED,
+}
+
+
+def timestamp(value: datetime | float | None) -> Timestamp | None:
+    if value is None:
+        return None
+    message = Timestamp()
+    if isinstance(value, datetime):
+        message.FromDatetime(value)
+    else:
+        message.FromNanoseconds(int(value * 1e9))
+    return message
+
+
+def duration(value: timedelta | float) -> Duration:
+    message = Duration()
+    if isinstance(value, timedelta):
+        message.FromTimedelta(value)
+    else:
+        message.FromNanoseconds(int(round(value * 1e9)))
+    return message
+
+
+def error(value: dict[str, Any] | None) -> types_pb2.JobError | None:
+    if not value:
+        return None
+    return types_pb2.JobError(
+        type=value.get("type") or "", message=value.get("message") or "",
+        traceback=value.get("traceback") or "", non_retryable=bool(value.get("non_retryable")),
+    )
+
+
+def error_dict(value: types_pb2.JobError) -> dict[str, Any]:
+    return {"type": value.type, "message": value.message, "traceback": value.traceback,
+            "non_retryable": value.non_retryable}
+
+
+def attempt(row: dict[str, Any]) -> types_pb2.Attempt:
+    return types_pb2.Attempt(
+        number=row["number"], worker_id=row["worker_id"] or "", sidecar_id=row["sidecar_id"] or "",
+        started_at=timestamp(row["started_at"]), ended_at=timestamp(row["ended_at"]),
+        outcome=OUTCOMES[row["outcome"]], error=error(row["error"]),
+    )
+
+
+def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> types_pb2.Job:
+    message = types_pb2.Job(
+        id=str(row["id"]),
+        namespace=row["namespace"],
+        name=row["name"],
+        state=STATES[row["state"]],
+        attempt=row["attempt"],
+        payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
+        error=error(row["error"]),
+        idempotency_key=row["idempotency_key"] or "",
+        retry=types_pb2.RetryPolicy(
+            max_attempts=row["max_attempts"], backoff=BACKOFFS[row["backoff"]],
+            initial_delay=duration(row["initial_delay"]), max_delay=duration(row["max_delay"]),
+            jitter=row["jitter"],
+        ),
+        timeout=duration(row["timeout"]),
+        created_at=timestamp(row["created_at"]),
+        run_at=timestamp(row["run_at"]),
+        started_at=timestamp(row["started_at"]),
+        finished_at=timestamp(row["finished_at"]),
+        parent_id=str(row["parent_id"]) if row["parent_id"] else "",
+    )
+    if row["result_encoding"] is not None:
+        message.result.CopyFrom(types_pb2.Payload(data=row["result"] or b"", encoding=row["result_encoding"]))
+    if attempts:
+        message.attempts.extend(attempt(a) for a in attempts)
+    return message
+
+
+def event(value: JobEvent) -> jobs_pb2.JobEvent:
+    message = jobs_pb2.JobEvent(
+        kind=EVENT_KINDS.get(value.kind, jobs_pb2.JOB_EVENT_KIND_UNSPECIFIED),
+        job_id=str(value.job_id), namespace=value.namespace, name=value.name,
+        attempt=value.attempt, state=STATES.get(value.state, types_pb2.JOB_STATE_UNSPECIFIED),
+        at=timestamp(value.at),
+    )
+    if value.error_type is not None:
+        message.error.CopyFrom(types_pb2.JobError(type=value.error_type, message=value.error_message or ""))
+    if value.kind in ("enqueued", "attempt_failed", "retried"):
+        message.run_at.CopyFrom(timestamp(value.at + value.run_in))
+    return message

@@ -1,0 +1,393 @@
+"""Worker streams: who is connected, what each holds, and how attempts end.
+
+Each SDK process keeps one `Work` stream. The dispatcher hands it claimed jobs, enforces
+the per-attempt timeout, relays cancellations, renews the leases of everything in flight
+in one statement, and records outcomes through group commit, acknowledging each only
+after it is committed. When a stream drops, the jobs it held go back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from perdure.v1 import types_pb2, workers_pb2
+from perdured import convert, validation
+from perdured.backoff import RetryPolicy, retry_delay
+from perdured.batcher import Batcher
+from perdured.events import JobEvent
+from perdured.logs import log
+from perdured.store import Outcome, Store
+
+Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "message": message, "traceback": "", "non_retryable": False}
+
+
+@dataclass(eq=False)
+class Assignment:
+    """A job handed to a worker, from the claim until the worker answers."""
+
+    job_id: uuid.UUID
+    attempt: int
+    name: str
+    policy: RetryPolicy
+    round_attempt: int  # attempt number counted since the last RetryJob, for the backoff
+    timeout: float
+    session: "WorkerSession"
+    timer: asyncio.TimerHandle | None = None
+    # The sidecar ended the attempt itself (timeout, cancel, lost lease, shutdown); only the
+    # worker's answer is awaited now, to free the slot.
+    ended: bool = False
+    # The worker's outcome is being committed.
+    finishing: bool = False
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int]:
+        return self.job_id, self.attempt
+
+
+@dataclass(eq=False)
+class WorkerSession:
+    id: str
+    namespace: str
+    names: frozenset[str]
+    concurrency: int
+    outbox: asyncio.Queue[workers_pb2.SidecarMessage | None] = field(default_factory=asyncio.Queue)
+    assignments: dict[tuple[uuid.UUID, int], Assignment] = field(default_factory=dict)
+
+    @property
+    def group(self) -> Group:
+        return self.namespace, self.names
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self.assignments)
+
+    def send(self, message: workers_pb2.SidecarMessage) -> None:
+        self.outbox.put_nowait(message)
+
+
+class Dispatcher:
+    def __init__(self, store: Store, *, sidecar_id: str, lease: float, max_payload_bytes: int) -> None:
+        self.store = store
+        self.sidecar_id = sidecar_id
+        self.lease = lease
+        self.max_payload_bytes = max_payload_bytes
+        self.sessions: dict[str, WorkerSession] = {}
+        self._by_job: dict[uuid.UUID, Assignment] = {}
+        self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch)
+        self._serial = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.accepting = True
+        # Set by the scheduler: a worker has new free slots; a worker registered.
+        self.on_capacity: Callable[[Group], None] = lambda group: None
+        self.on_worker_joined: Callable[[Group], None] = lambda group: None
+
+    # -- the Work stream ------------------------------------------------------------------
+
+    async def work(self, requests: AsyncIterator[workers_pb2.WorkerMessage],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[workers_pb2.SidecarMessage]:
+        session = await self._register(requests, context)
+        reader = asyncio.create_task(self._read(session, requests))
+        try:
+            yield workers_pb2.SidecarMessage(registered=workers_pb2.Registered(
+                worker_id=session.id, sidecar_id=self.sidecar_id))
+            self.on_worker_joined(session.group)
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            await self._drop(session)
+
+    async def _register(self, requests: AsyncIterator[workers_pb2.WorkerMessage],
+                        context: grpc.aio.ServicerContext) -> WorkerSession:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("register"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: the first message must be a Register")
+        if not self.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
+        try:
+            namespace, names, concurrency = validation.registration(first.register)
+        except validation.InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        label = first.register.worker_name or f"{socket.gethostname()}"
+        worker_id = f"{label}@{self.sidecar_id}#{next(self._serial)}"
+        session = WorkerSession(worker_id, namespace, names, concurrency)
+        self.sessions[worker_id] = session
+        log.info("worker.registered", worker_id=worker_id, namespace=namespace,
+                 functions=sorted(names), concurrency=concurrency, sdk=first.register.sdk)
+        return session
+
+    async def _read(self, session: WorkerSession, requests: AsyncIterator[workers_pb2.WorkerMessage]) -> None:
+        try:
+            async for message in requests:
+                if message.HasField("outcome"):
+                    self._spawn(self._on_outcome(session, message.outcome))
+                else:
+                    log.warning("worker.unexpected_message", worker_id=session.id,
+                                kind=message.WhichOneof("kind"))
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            session.outbox.put_nowait(None)  # the stream ended: stop writing
+
+    async def _drop(self, session: WorkerSession) -> None:
+        """The stream is gone (the app died or hung up): its jobs go back at once."""
+        self.sessions.pop(session.id, None)
+        lost = [a for a in session.assignments.values() if not a.ended and not a.finishing]
+        session.assignments.clear()
+        log.info("worker.disconnected", worker_id=session.id, jobs_returned=len(lost))
+        for assignment in lost:
+            self._forget(assignment)
+            assignment.ended = True
+            message = f"the worker {session.id} went away while running attempt {assignment.attempt}"
+            await self._record_ended(assignment, "worker_lost", _error("perdure.WorkerLost", message),
+                                     retry_delay=0.0)
+
+    # -- handing out jobs -----------------------------------------------------------------
+
+    def groups_with_free_slots(self) -> dict[Group, list[WorkerSession]]:
+        groups: dict[Group, list[WorkerSession]] = {}
+        if self.accepting:
+            for session in self.sessions.values():
+                if session.free_slots > 0:
+                    groups.setdefault(session.group, []).append(session)
+        return groups
+
+    def serves(self, namespace: str, name: str) -> Group | None:
+        for session in self.sessions.values():
+            if session.namespace == namespace and name in session.names:
+                return session.group
+        return None
+
+    def assign(self, row: dict[str, Any]) -> None:
+        """Send a claimed job down its worker's stream and start its timeout clock."""
+        session = self.sessions.get(row["worker_id"])
+        policy = RetryPolicy(
+            max_attempts=row["max_attempts"], backoff=row["backoff"],
+            initial_delay=row["initial_delay"].total_seconds(), max_delay=row["max_delay"].total_seconds(),
+            jitter=row["jitter"],
+        )
+        timeout = row["timeout"].total_seconds()
+        assignment = Assignment(
+            job_id=row["id"], attempt=row["attempt"], name=row["name"], policy=policy,
+            round_attempt=row["attempt"] - row["retry_base"], timeout=timeout, session=session,  # type: ignore[arg-type]
+        )
+        if session is None:
+            # The worker left between the claim and now: the job goes straight back.
+            assignment.ended = True
+            self._spawn(self._record_ended(assignment, "worker_lost",
+                                           _error("perdure.WorkerLost", "the worker went away before the job reached it"),
+                                           retry_delay=0.0))
+            return
+        session.assignments[assignment.key] = assignment
+        self._by_job[assignment.job_id] = assignment
+        loop = asyncio.get_running_loop()
+        assignment.timer = loop.call_later(timeout, self._on_timeout, assignment)
+        deadline = convert.timestamp(time.time() + timeout)
+        session.send(workers_pb2.SidecarMessage(assignment=workers_pb2.Assignment(
+            job_id=str(row["id"]), attempt=row["attempt"], name=row["name"], namespace=row["namespace"],
+            payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
+            deadline=deadline, max_attempts=row["max_attempts"],
+            parent_id=str(row["parent_id"]) if row["parent_id"] else "",
+        )))
+        log.debug("job.assigned", job_id=str(row["id"]), attempt=row["attempt"], worker_id=session.id)
+
+    # -- how attempts end -----------------------------------------------------------------
+
+    async def _on_outcome(self, session: WorkerSession, outcome: workers_pb2.Outcome) -> None:
+        try:
+            job_id = uuid.UUID(outcome.job_id)
+        except ValueError:
+            log.warning("worker.bad_outcome", worker_id=session.id, job_id=outcome.job_id)
+            return
+        key = (job_id, outcome.attempt)
+        assignment = session.assignments.get(key)
+        if assignment is None or assignment.ended or assignment.finishing:
+            # Too late (the sidecar already ended this attempt) or unknown: nothing to record.
+            if assignment is not None and not assignment.finishing:
+                self._release_slot(assignment)
+            session.send(_ack(outcome, recorded=False))
+            return
+        assignment.finishing = True
+        if assignment.timer:
+            assignment.timer.cancel()
+        record = self._outcome_record(assignment, outcome)
+        try:
+            state = await self._finisher.submit(record)
+        except Exception as exc:
+            # Not committed, so not acknowledged. The slot is freed and the lease no longer
+            # renewed: when it expires, any sidecar's reaper puts the job back.
+            log.error("job.outcome_not_recorded", job_id=str(job_id), attempt=outcome.attempt, error=str(exc))
+            assignment.ended = True
+            self._release_slot(assignment)
+            return
+        self._release_slot(assignment)
+        session.send(_ack(outcome, recorded=state is not None, state=state))
+        event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
+        log.debug(event, job_id=str(job_id), attempt=outcome.attempt, state=state)
+
+    def _outcome_record(self, assignment: Assignment, outcome: workers_pb2.Outcome) -> Outcome:
+        kind = outcome.WhichOneof("result")
+        if kind == "success":
+            try:
+                data, encoding = validation.payload(outcome.success, self.max_payload_bytes, "result")
+            except validation.InvalidArgument as exc:
+                error = _error("perdure.InvalidResult", str(exc)) | {"non_retryable": True}
+                return self._failure(assignment, "failed", error)
+            return Outcome(assignment.job_id, assignment.attempt, "success", "succeeded",
+                           result=data, result_encoding=encoding)
+        if kind == "failure":
+            return self._failure(assignment, "failed", convert.error_dict(outcome.failure))
+        # A worker that stops a handler on its own (it is shutting down) hands the job back.
+        return self._failure(assignment, "failed", _error("perdure.Cancelled", "the worker cancelled the attempt"))
+
+    def _failure(self, assignment: Assignment, attempt_outcome: str, error: dict[str, Any],
+                 retry_after: float | None = None) -> Outcome:
+        delay = retry_delay(assignment.policy, max(assignment.round_attempt, 1)) if retry_after is None else retry_after
+        return Outcome(assignment.job_id, assignment.attempt, "failure", attempt_outcome, error=error,
+                       non_retryable=bool(error.get("non_retryable")), retry_delay=delay)
+
+    def _on_timeout(self, assignment: Assignment) -> None:
+        if assignment.ended or assignment.finishing:
+            return
+        assignment.ended = True
+        self._forget(assignment)
+        assignment.session.send(_cancel(assignment, workers_pb2.CANCEL_REASON_TIMEOUT))
+        message = f"attempt {assignment.attempt} exceeded its timeout of {assignment.timeout:g} s"
+        log.info("job.timed_out", job_id=str(assignment.job_id), attempt=assignment.attempt)
+        self._spawn(self._record_ended(assignment, "timed_out", _error("perdure.Timeout", message)))
+
+    def on_event(self, event: JobEvent) -> None:
+        """A job we run was cancelled (perhaps through another sidecar): stop its handler."""
+        if event.kind != "cancelled":
+            return
+        assignment = self._by_job.get(event.job_id)
+        if assignment is None or assignment.ended or assignment.finishing:
+            return
+        assignment.ended = True
+        self._forget(assignment)
+        assignment.session.send(_cancel(assignment, workers_pb2.CANCEL_REASON_CANCELLED))
+        log.info("job.cancel_relayed", job_id=str(event.job_id), worker_id=assignment.session.id)
+
+    async def _record_ended(self, assignment: Assignment, attempt_outcome: str, error: dict[str, Any],
+                            retry_delay: float | None = None) -> None:
+        """Record an attempt the sidecar ended itself (the worker may answer later, to no effect)."""
+        if attempt_outcome == "released":
+            record = Outcome(assignment.job_id, assignment.attempt, "released", "released", error=error)
+        else:
+            record = self._failure(assignment, attempt_outcome, error, retry_after=retry_delay)
+        try:
+            state = await self._finisher.submit(record)
+        except Exception as exc:
+            # The lease is still ours for a while; if we cannot write, it expires and the reaper
+            # of any sidecar puts the job back.
+            log.error("job.end_not_recorded", job_id=str(assignment.job_id), attempt=assignment.attempt,
+                      outcome=attempt_outcome, error=str(exc))
+            return
+        log.info(f"job.{attempt_outcome}", job_id=str(assignment.job_id), attempt=assignment.attempt, state=state)
+
+    async def _finish_batch(self, records: list[Outcome]) -> list[str | None]:
+        states = await self.store.finish(records)
+        return [states.get((r.job_id, r.attempt)) for r in records]
+
+    def _release_slot(self, assignment: Assignment) -> None:
+        session = assignment.session
+        if session.assignments.pop(assignment.key, None) is not None:
+            self._forget(assignment)
+            if session.id in self.sessions:
+                self.on_capacity(session.group)
+
+    def _forget(self, assignment: Assignment) -> None:
+        if assignment.timer:
+            assignment.timer.cancel()
+        if self._by_job.get(assignment.job_id) is assignment:
+            del self._by_job[assignment.job_id]
+
+    # -- leases and shutdown --------------------------------------------------------------
+
+    def running(self) -> list[Assignment]:
+        return [a for s in self.sessions.values() for a in s.assignments.values() if not a.ended]
+
+    async def renew_leases(self) -> None:
+        """Extend every in-flight lease in one statement; stop what is no longer ours."""
+        held = [a for a in self.running() if not a.finishing]
+        if not held:
+            return
+        kept = await self.store.renew_leases([a.job_id for a in held], self.lease, self.sidecar_id)
+        for assignment in held:
+            if assignment.job_id not in kept and not assignment.finishing and not assignment.ended:
+                # Someone else finished, cancelled or reclaimed it meanwhile: stop the handler.
+                assignment.ended = True
+                self._forget(assignment)
+                assignment.session.send(_cancel(assignment, workers_pb2.CANCEL_REASON_LEASE_LOST))
+                log.warning("job.lease_lost", job_id=str(assignment.job_id), attempt=assignment.attempt)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking work, let running handlers finish within `grace`, hand back the rest."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.running() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = [a for a in self.running() if not a.finishing]
+        for assignment in left:
+            assignment.ended = True
+            self._forget(assignment)
+            assignment.session.send(_cancel(assignment, workers_pb2.CANCEL_REASON_SHUTDOWN))
+        await asyncio.gather(*(
+            self._record_ended(a, "released", _error("perdure.Released", "the sidecar shut down during the attempt"))
+            for a in left
+        ))
+        # Let outcomes already being committed be acknowledged before the streams close.
+        while any(a.finishing for s in self.sessions.values() for a in s.assignments.values()):
+            await asyncio.sleep(0.01)
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        for session in list(self.sessions.values()):
+            session.outbox.put_nowait(None)
+        if left:
+            log.info("sidecar.jobs_released", count=len(left))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("dispatch.task_failed", error=repr(exc),
+                      traceback="".join(traceback.format_exception(exc)))
+
+
+def _ack(outcome: workers_pb2.Outcome, *, recorded: bool, state: str | None = None) -> workers_pb2.SidecarMessage:
+    return workers_pb2.SidecarMessage(ack=workers_pb2.OutcomeAck(
+        job_id=outcome.job_id, attempt=outcome.attempt, recorded=recorded,
+        state=convert.STATES.get(state or "", types_pb2.JOB_STATE_UNSPECIFIED),
+    ))
+
+
+def _cancel(assignment: Assignment, reason: int) -> workers_pb2.SidecarMessage:
+    return workers_pb2.SidecarMessage(cancel=workers_pb2.CancelAssignment(
+        job_id=str(assignment.job_id), attempt=assignment.attempt, reason=reason,  # type: ignore[arg-type]
+    ))
+
+
+def sidecar_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+

@@ -1,0 +1,133 @@
+"""The LISTEN side of `perdure_events`: one connection per sidecar, fanned out in process.
+
+Every job state change is a notification (a trigger in the schema). Schedulers use them
+to wake up, AwaitJob to return, WatchJobs to stream, and the dispatcher to stop handlers
+of jobs cancelled elsewhere. After a lost connection it reconnects and tells everyone to
+re-check, since notifications sent meanwhile are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from perdured.logs import log
+
+CHANNEL = "perdure_events"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried
+    job_id: uuid.UUID
+    namespace: str
+    name: str
+    attempt: int
+    state: str
+    at: float  # Unix seconds, by the database clock
+    run_in: float  # seconds from `at` until the job may run (for pending jobs)
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in ("success", "dead", "cancelled")
+
+    @classmethod
+    def parse(cls, text: str) -> "JobEvent":
+        data = json.loads(text)
+        return cls(
+            kind=data["kind"], job_id=uuid.UUID(data["id"]), namespace=data["namespace"],
+            name=data["name"], attempt=data["attempt"], state=data["state"], at=data["at"],
+            run_in=data["run_at"] - data["at"], error_type=data.get("error_type"),
+            error_message=data.get("error_message"),
+        )
+
+
+class EventHub:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._subscribers: list[Callable[[JobEvent], None]] = []
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._job_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self.ready = asyncio.Event()
+
+    def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
+        """Call `callback` for every event; returns the unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
+
+    def job_waiter(self, job_id: uuid.UUID) -> "JobWaiter":
+        return JobWaiter(self._job_waiters, job_id)
+
+    async def run(self) -> None:
+        delay = 0.1
+        first = True
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
+                    delay = 0.1
+                    if not first:
+                        log.info("events.reconnected")
+                        self._everyone_recheck()
+                    first = False
+                    async for notification in conn.notifies():
+                        self._dispatch(notification.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database went away: try again, and say so
+                log.warning("events.connection_lost", error=str(exc), retry_in=delay)
+                self._everyone_recheck()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            event = JobEvent.parse(payload)
+        except (ValueError, KeyError) as exc:
+            log.error("events.bad_notification", error=str(exc), payload=payload[:200])
+            return
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("events.subscriber_failed", job_id=str(event.job_id))
+        if event.terminal:
+            for waiter in self._job_waiters.get(event.job_id, ()):
+                waiter.set()
+
+    def _everyone_recheck(self) -> None:
+        for waiters in self._job_waiters.values():
+            for waiter in waiters:
+                waiter.set()
+        for callback in self._reconnect_callbacks:
+            callback()
+
+
+class JobWaiter:
+    """Registered before the job is read, so that no terminal event can slip between."""
+
+    def __init__(self, registry: dict[uuid.UUID, set[asyncio.Event]], job_id: uuid.UUID) -> None:
+        self._registry, self._job_id = registry, job_id
+        self.event = asyncio.Event()
+
+    def __enter__(self) -> asyncio.Event:
+        self._registry[self._job_id].add(self.event)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        waiters = self._registry[self._job_id]
+        waiters.discard(self.event)
+        if not waiters:
+            del self._registry[self._job_id]

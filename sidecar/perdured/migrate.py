@@ -1,0 +1,83 @@
+"""Schema migrations: migrations/NNNN_name.sql, applied in order under an advisory lock."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from perdured.logs import log
+
+# Any fixed number works; it only has to be the same for every sidecar.
+_MIGRATION_LOCK = 0x7065726475726500  # "perdure\0"
+_FILE_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database schema is newer than this perdured knows: upgrade perdured."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations_dir() -> Path:
+    # Installed wheels carry the files inside the package; a source checkout has them at the root.
+    packaged = Path(__file__).parent / "migrations"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "migrations"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    found = []
+    for path in sorted((directory or migrations_dir()).glob("*.sql")):
+        match = _FILE_NAME.fullmatch(path.name)
+        if not match:
+            raise RuntimeError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1, 2, 3, ... without gaps; found {versions}")
+    return found
+
+
+async def migrate(conn: psycopg.AsyncConnection, migrations: list[Migration] | None = None) -> list[int]:
+    """Apply what is missing, all in one transaction; returns the versions applied now.
+
+    Many sidecars may start at once: the advisory lock lets one apply while the others
+    wait, then find nothing left to do.
+    """
+    migrations = load_migrations() if migrations is None else migrations
+    latest = migrations[-1].version if migrations else 0
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute("CREATE SCHEMA IF NOT EXISTS perdure")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS perdure.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute("SELECT version FROM perdure.schema_migrations")
+        applied = {row[0] for row in await cursor.fetchall()}
+        newest = max(applied, default=0)
+        if newest > latest:
+            raise SchemaTooNew(
+                f"the database schema is at version {newest}, but this perdured knows versions up to "
+                f"{latest}: upgrade perdured (never run an older sidecar against a newer schema)"
+            )
+        done = []
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                "INSERT INTO perdure.schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+            log.info("migration.applied", version=migration.version, migration=migration.name)
+            done.append(migration.version)
+        return done

@@ -1,0 +1,167 @@
+-- Every query perdured runs, one named block each (see store.py, the only caller).
+-- Job columns come back in the order of JOB_COLUMNS in store.py.
+
+-- enqueue --
+-- Insert new jobs; rows whose (namespace, idempotency_key) exists already are skipped.
+INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
+                          max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at)
+SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
+       n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, now() + n.delay
+FROM unnest(%(id)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(payload)s::bytea[],
+            %(payload_encoding)s::text[], %(idempotency_key)s::text[], %(parent_id)s::uuid[],
+            %(max_attempts)s::int[], %(backoff)s::text[], %(initial_delay)s::interval[],
+            %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[])
+     AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
+          max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay)
+ON CONFLICT (namespace, idempotency_key) DO NOTHING
+RETURNING {job_columns}
+
+-- jobs_by_idempotency_key --
+-- The existing jobs behind deduplicated enqueues.
+SELECT {job_columns}
+FROM perdure.jobs
+JOIN unnest(%(namespace)s::text[], %(idempotency_key)s::text[]) AS k(namespace, idempotency_key)
+  USING (namespace, idempotency_key)
+
+-- get_job --
+-- One job, only within its namespace.
+SELECT {job_columns} FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+
+-- get_attempts --
+-- A job's history, oldest first.
+SELECT number, worker_id, sidecar_id, started_at, ended_at, outcome, error
+FROM perdure.attempts WHERE job_id = %(id)s ORDER BY number
+
+-- list_jobs --
+-- Newest first; `before` is the last id of the previous page (ids sort by creation time).
+SELECT {job_columns} FROM perdure.jobs
+WHERE namespace = %(namespace)s
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
+  AND (%(before)s::uuid IS NULL OR id < %(before)s)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- claim --
+-- Move runnable jobs of these functions to running, one per free worker slot: `slots`
+-- holds a worker id per slot, and the n-th job claimed goes to the n-th slot.
+WITH picked AS (
+    SELECT id, run_at FROM perdure.jobs
+    WHERE state = 'pending' AND namespace = %(namespace)s AND name = ANY(%(names)s) AND run_at <= now()
+    ORDER BY run_at, id
+    LIMIT cardinality(%(slots)s::text[])
+    FOR UPDATE SKIP LOCKED
+), numbered AS (
+    SELECT id, row_number() OVER (ORDER BY run_at, id) AS slot FROM picked
+), claimed AS (
+    UPDATE perdure.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = coalesce(j.started_at, now()),
+        lease_expires_at = now() + %(lease)s, sidecar_id = %(sidecar_id)s,
+        worker_id = (%(slots)s::text[])[n.slot]
+    FROM numbered n WHERE j.id = n.id
+    RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.retry_base,
+              j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
+              j.worker_id, j.run_at
+), history AS (
+    INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
+    SELECT id, attempt, %(sidecar_id)s, worker_id FROM claimed
+)
+SELECT * FROM claimed ORDER BY run_at, id
+
+-- finish --
+-- Record attempt outcomes, each only if its job is still running under the same attempt.
+-- kind: success | failure | released. A failure retries after `retry_delay` unless it is
+-- non-retryable or the attempts are used up, then the job is dead. A release never kills.
+WITH outcome AS (
+    SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::int[], %(kind)s::text[], %(result)s::bytea[],
+                         %(result_encoding)s::text[], %(error)s::jsonb[], %(non_retryable)s::bool[],
+                         %(retry_delay)s::interval[], %(attempt_outcome)s::text[])
+        AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome)
+), decided AS (
+    SELECT o.*, CASE
+        WHEN o.kind = 'success' THEN 'success'
+        WHEN o.kind = 'released' THEN 'pending'
+        WHEN o.non_retryable OR j.attempt - j.retry_base >= j.max_attempts THEN 'dead'
+        ELSE 'pending' END AS next_state
+    FROM outcome o JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
+), finished AS (
+    -- The row is checked again under its lock: only a still-running attempt changes.
+    UPDATE perdure.jobs AS j
+    SET state = d.next_state,
+        result = d.result,
+        result_encoding = d.result_encoding,
+        error = d.error,
+        run_at = CASE WHEN d.next_state = 'pending' THEN now() + d.retry_delay ELSE j.run_at END,
+        finished_at = CASE WHEN d.next_state = 'pending' THEN NULL ELSE now() END,
+        lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
+    FROM decided d
+    WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running'
+    RETURNING j.id, j.attempt, j.state
+), history AS (
+    UPDATE perdure.attempts AS h
+    SET ended_at = now(), outcome = o.attempt_outcome, error = o.error
+    FROM finished f JOIN outcome o ON o.id = f.id
+    WHERE h.job_id = f.id AND h.number = f.attempt
+)
+SELECT id, attempt, state FROM finished
+
+-- renew_leases --
+-- Extend the leases of all jobs this sidecar runs, in one statement; returns those still ours.
+UPDATE perdure.jobs SET lease_expires_at = now() + %(lease)s
+WHERE id = ANY(%(ids)s) AND state = 'running' AND sidecar_id = %(sidecar_id)s
+RETURNING id
+
+-- reclaim_expired --
+-- Put back running jobs whose sidecar stopped renewing their lease (it died).
+-- Counts as an attempt: dead when none are left.
+WITH expired AS (
+    SELECT id FROM perdure.jobs
+    WHERE state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), reclaimed AS (
+    UPDATE perdure.jobs AS j
+    SET state = CASE WHEN j.attempt - j.retry_base >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+        error = %(error)s::jsonb,
+        run_at = now(),
+        finished_at = CASE WHEN j.attempt - j.retry_base >= j.max_attempts THEN now() END,
+        lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
+    FROM expired WHERE j.id = expired.id
+    RETURNING j.id, j.attempt, j.state
+), history AS (
+    UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'lease_expired', error = %(error)s::jsonb
+    FROM reclaimed r WHERE h.job_id = r.id AND h.number = r.attempt
+)
+SELECT id, attempt, state FROM reclaimed
+
+-- cancel_job --
+-- Cancel a job that has not finished; returns nothing if it had.
+WITH cancelled AS (
+    UPDATE perdure.jobs
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
+    WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('pending', 'running', 'suspended')
+    RETURNING id, attempt
+), history AS (
+    UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'cancelled'
+    FROM cancelled c WHERE h.job_id = c.id AND h.number = c.attempt AND h.outcome = 'running'
+)
+SELECT id FROM cancelled
+
+-- retry_job --
+-- Send a dead or cancelled job back to pending with a fresh set of attempts.
+UPDATE perdure.jobs
+SET state = 'pending', retry_base = attempt, run_at = now(), finished_at = NULL, result = NULL,
+    result_encoding = NULL
+WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('dead', 'cancelled')
+RETURNING id
+
+-- job_state --
+-- Whether a job exists in a namespace, and its state.
+SELECT state FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+
+-- next_run_at --
+-- How long until the next pending job of these functions becomes runnable (null: none waits).
+SELECT extract(epoch FROM min(run_at) - now())::float8
+FROM perdure.jobs
+WHERE state = 'pending' AND namespace = %(namespace)s AND name = ANY(%(names)s)

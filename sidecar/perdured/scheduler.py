@@ -1,0 +1,119 @@
+"""Claims runnable jobs for the workers connected to this sidecar.
+
+It sleeps until one of: a notification that a job of a function our workers serve became
+runnable, a worker slot freed while jobs may be waiting, the timer for the next future
+`run_at`, or the slow safety poll. Then it claims, per group of workers that serve the
+same functions, exactly as many jobs as they have free slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from perdured.dispatch import Dispatcher, Group
+from perdured.events import JobEvent
+from perdured.logs import log
+from perdured.store import Store
+
+# Events after which a job is pending (now or at run_at).
+RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried"})
+
+
+class Scheduler:
+    def __init__(self, store: Store, dispatcher: Dispatcher, *, sidecar_id: str, lease: float,
+                 poll_interval: float) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.sidecar_id = sidecar_id
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._recheck_timers = True
+        # Groups whose last claim filled every free slot: more jobs may be waiting for them.
+        self._backlog: set[Group] = set()
+        dispatcher.on_capacity = self._on_capacity
+        dispatcher.on_worker_joined = self._on_worker_joined
+
+    def on_event(self, event: JobEvent) -> None:
+        if event.kind not in RUNNABLE or self.dispatcher.serves(event.namespace, event.name) is None:
+            return
+        if event.run_in <= 0.001:
+            self._wake.set()
+        else:
+            self._wake_in(event.run_in)
+
+    def on_reconnect(self) -> None:
+        """Notifications may have been missed: claim and look at the timers again."""
+        self._recheck_timers = True
+        self._wake.set()
+
+    def _on_capacity(self, group: Group) -> None:
+        if group in self._backlog:
+            self._wake.set()
+
+    def _on_worker_joined(self, group: Group) -> None:
+        # Jobs may have piled up before anyone served them, some with a future run_at.
+        self._recheck_timers = True
+        self._wake.set()
+
+    def _wake_in(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + seconds
+        if when < self._timer_at:
+            if self._timer:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        self._recheck_timers = True  # later run_at values were not kept: look them up again
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            except TimeoutError:
+                self._recheck_timers = True  # the safety poll
+            self._wake.clear()
+            try:
+                await self.claim_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("scheduler.claim_failed", error=str(exc))
+                await asyncio.sleep(min(self.poll_interval, 1.0))
+                self._wake.set()
+
+    async def claim_round(self) -> int:
+        """Claim for every group with free slots until none is left or nothing more is runnable."""
+        claimed = 0
+        recheck, self._recheck_timers = self._recheck_timers, False
+        for group, sessions in self.dispatcher.groups_with_free_slots().items():
+            namespace, names = group
+            # One entry per free slot, taking turns between workers.
+            queues = [[s.id] * s.free_slots for s in sessions]
+            slots = [worker for turn in _interleave(queues) for worker in turn]
+            rows = await self.store.claim(namespace, sorted(names), slots, self.lease, self.sidecar_id)
+            for row in rows:
+                self.dispatcher.assign(row)
+            claimed += len(rows)
+            if len(rows) == len(slots):
+                self._backlog.add(group)
+            else:
+                self._backlog.discard(group)
+                if recheck:
+                    wait = await self.store.next_run_in(namespace, sorted(names))
+                    if wait is not None:
+                        self._wake_in(max(wait, 0.001))
+        return claimed
+
+
+def _interleave(queues: list[list[str]]) -> list[list[str]]:
+    rounds: list[list[str]] = []
+    for index in range(max((len(q) for q in queues), default=0)):
+        rounds.append([q[index] for q in queues if index < len(q)])
+    return rounds

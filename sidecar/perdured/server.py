@@ -1,0 +1,145 @@
+"""The sidecar process: database, listener, scheduler, reaper and gRPC server, started and
+stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+import grpc
+import psycopg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
+from perdured import reaper
+from perdured.api import JobsService, WorkersService
+from perdured.config import Settings
+from perdured.dispatch import Dispatcher, sidecar_id
+from perdured.embedded import start_embedded
+from perdured.events import EventHub
+from perdured.logs import log
+from perdured.migrate import migrate
+from perdured.scheduler import Scheduler
+from perdured.store import Store
+
+SERVICE_NAMES = (
+    jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
+    workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
+)
+
+
+async def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    # initdb and pg_ctl block: keep them off the event loop.
+    return await asyncio.to_thread(start_embedded, settings.data_dir)
+
+
+async def apply_migrations(url: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await migrate(conn)
+
+
+class Sidecar:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.id = sidecar_id()
+        self.address = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: grpc.aio.Server | None = None
+        self._store: Store | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def start(self) -> None:
+        settings = self.settings
+        url = await database_url(settings)
+        applied = await apply_migrations(url)
+        log.info("database.ready", migrations_applied=applied)
+
+        self._store = store = await Store.open(url, settings.pool_size)
+        events = EventHub(url)
+        self._tasks.append(asyncio.create_task(events.run(), name="events"))
+        await asyncio.wait_for(events.ready.wait(), timeout=30)
+
+        dispatcher = Dispatcher(store, sidecar_id=self.id, lease=settings.lease,
+                                max_payload_bytes=settings.max_payload_bytes)
+        scheduler = Scheduler(store, dispatcher, sidecar_id=self.id, lease=settings.lease,
+                              poll_interval=settings.poll_interval)
+        events.subscribe(scheduler.on_event)
+        events.subscribe(dispatcher.on_event)
+        events.on_reconnect(scheduler.on_reconnect)
+        self.dispatcher = dispatcher
+        self._tasks += [
+            asyncio.create_task(scheduler.run(), name="scheduler"),
+            asyncio.create_task(reaper.renew_leases_forever(dispatcher, settings.lease), name="renew"),
+            asyncio.create_task(reaper.reclaim_forever(store, settings.lease), name="reclaim"),
+        ]
+
+        limit = settings.max_payload_bytes + 1024 * 1024  # room for the rest of the message
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ])
+        jobs_pb2_grpc.add_JobsServicer_to_server(
+            JobsService(store, events, max_payload_bytes=settings.max_payload_bytes), server)
+        workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(dispatcher), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        port = server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {settings.listen}")
+        await server.start()
+        self._server = server
+        host = settings.listen.rsplit(":", 1)[0]
+        self.address = f"{host}:{port}"
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("sidecar.started", sidecar_id=self.id, address=self.address, lease=settings.lease)
+
+    async def stop(self) -> None:
+        log.info("sidecar.stopping", grace=self.settings.shutdown_grace)
+        await self._health.enter_graceful_shutdown()
+        if hasattr(self, "dispatcher"):
+            await self.dispatcher.drain(self.settings.shutdown_grace)
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._store is not None:
+            await self._store.close()
+        log.info("sidecar.stopped", sidecar_id=self.id)
+
+
+async def serve(settings: Settings) -> None:
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    if settings.ready_fd is not None:
+        with os.fdopen(settings.ready_fd, "w") as ready:
+            ready.write(sidecar.address + "\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watchers = [asyncio.create_task(stop.wait())]
+    if settings.exit_with_stdin:
+        watchers.append(asyncio.create_task(_stdin_closed()))
+    await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    for watcher in watchers:
+        watcher.cancel()
+    await sidecar.stop()
+
+
+async def _stdin_closed() -> None:
+    """Returns when standard input reaches end of file: the supervising process is gone."""
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass

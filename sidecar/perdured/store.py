@@ -1,0 +1,164 @@
+"""The only code that talks to PostgreSQL. Queries live in queries.sql, one named block each."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from perdured.validation import NewJob
+
+JOB_COLUMNS = (
+    "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
+    "idempotency_key, parent_id, attempt, retry_base, max_attempts, backoff, initial_delay, "
+    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at"
+)
+
+TERMINAL_STATES = frozenset({"success", "dead", "cancelled"})
+
+
+def load_queries(path: Path = Path(__file__).with_name("queries.sql")) -> dict[str, str]:
+    """Split queries.sql into {name: sql} on its `-- name --` headers."""
+    queries: dict[str, str] = {}
+    parts = re.split(r"^-- ([a-z_]+) --$", path.read_text(), flags=re.MULTILINE)
+    for name, body in zip(parts[1::2], parts[2::2]):
+        queries[name] = body.strip().replace("{job_columns}", JOB_COLUMNS)
+    return queries
+
+
+QUERIES = load_queries()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, as the sidecar records it."""
+
+    job_id: uuid.UUID
+    attempt: int
+    kind: str  # success | failure | released
+    attempt_outcome: str  # the attempts.outcome value
+    result: bytes | None = None
+    result_encoding: str | None = None
+    error: dict[str, Any] | None = None
+    non_retryable: bool = False
+    retry_delay: float = 0.0
+
+
+class Store:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str, max_size: int = 10) -> "Store":
+        pool = AsyncConnectionPool(
+            url, min_size=min(2, max_size), max_size=max_size, open=False,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        await pool.open(wait=True, timeout=30)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _all(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(QUERIES[query], params)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def enqueue(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
+        """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order."""
+        params = {
+            "id": [j.id for j in jobs],
+            "namespace": [j.namespace for j in jobs],
+            "name": [j.name for j in jobs],
+            "payload": [j.payload for j in jobs],
+            "payload_encoding": [j.payload_encoding for j in jobs],
+            "idempotency_key": [j.idempotency_key for j in jobs],
+            "parent_id": [j.parent_id for j in jobs],
+            "max_attempts": [j.retry.max_attempts for j in jobs],
+            "backoff": [j.retry.backoff for j in jobs],
+            "initial_delay": [timedelta(seconds=j.retry.initial_delay) for j in jobs],
+            "max_delay": [timedelta(seconds=j.retry.max_delay) for j in jobs],
+            "jitter": [j.retry.jitter for j in jobs],
+            "timeout": [timedelta(seconds=j.timeout) for j in jobs],
+            "delay": [timedelta(seconds=j.delay) for j in jobs],
+        }
+        inserted = {row["id"]: row for row in await self._all("enqueue", params)}
+        existing: dict[tuple[str, str], dict[str, Any]] = {}
+        skipped = [j for j in jobs if j.id not in inserted]
+        if skipped:
+            rows = await self._all("jobs_by_idempotency_key", {
+                "namespace": [j.namespace for j in skipped],
+                "idempotency_key": [j.idempotency_key for j in skipped],
+            })
+            existing = {(r["namespace"], r["idempotency_key"]): r for r in rows}
+        results = []
+        for job in jobs:
+            if job.id in inserted:
+                results.append((inserted[job.id], False))
+            else:
+                results.append((existing[(job.namespace, job.idempotency_key)], True))
+        return results
+
+    async def get_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
+        rows = await self._all("get_job", {"id": job_id, "namespace": namespace})
+        return rows[0] if rows else None
+
+    async def get_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        return await self._all("get_attempts", {"id": job_id})
+
+    async def list_jobs(self, namespace: str, name: str | None, states: list[str] | None,
+                        before: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+        return await self._all("list_jobs", {
+            "namespace": namespace, "name": name, "states": states, "before": before, "limit": limit,
+        })
+
+    async def claim(self, namespace: str, names: list[str], slots: list[str], lease: float,
+                    sidecar_id: str) -> list[dict[str, Any]]:
+        return await self._all("claim", {
+            "namespace": namespace, "names": names, "slots": slots,
+            "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
+        })
+
+    async def finish(self, outcomes: list[Outcome]) -> dict[tuple[uuid.UUID, int], str]:
+        """Record outcomes in one statement; returns {(job id, attempt): new state} for those that counted."""
+        rows = await self._all("finish", {
+            "id": [o.job_id for o in outcomes],
+            "attempt": [o.attempt for o in outcomes],
+            "kind": [o.kind for o in outcomes],
+            "result": [o.result for o in outcomes],
+            "result_encoding": [o.result_encoding for o in outcomes],
+            "error": [Jsonb(o.error) if o.error is not None else None for o in outcomes],
+            "non_retryable": [o.non_retryable for o in outcomes],
+            "retry_delay": [timedelta(seconds=o.retry_delay) for o in outcomes],
+            "attempt_outcome": [o.attempt_outcome for o in outcomes],
+        })
+        return {(r["id"], r["attempt"]): r["state"] for r in rows}
+
+    async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
+        rows = await self._all("renew_leases", {
+            "ids": ids, "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
+        })
+        return {r["id"] for r in rows}
+
+    async def reclaim_expired(self, limit: int, error: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._all("reclaim_expired", {"limit": limit, "error": json.dumps(error)})
+
+    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return bool(await self._all("cancel_job", {"id": job_id, "namespace": namespace}))
+
+    async def retry_job(self, job_id: uuid.UUID, namespace: str) -> bool:
+        return bool(await self._all("retry_job", {"id": job_id, "namespace": namespace}))
+
+    async def next_run_in(self, namespace: str, names: list[str]) -> float | None:
+        """Seconds until the next pending job of these functions is runnable (negative: already is)."""
+        rows = await self._all("next_run_at", {"namespace": namespace, "names": names})
+        return next(iter(rows[0].values())) if rows else None

@@ -1,0 +1,178 @@
+"""Checks of what arrives on the wire. Every failure names the field; nothing is written."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from google.protobuf.duration_pb2 import Duration
+
+from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
+from perdured.backoff import RetryPolicy
+from perdured.ids import new_job_id
+
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TIMEOUT = 30.0
+MAX_NAME_LENGTH = 255
+MAX_KEY_LENGTH = 255
+MAX_CONCURRENCY = 10_000
+ENCODINGS = ("json", "bytes")
+
+_NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+BACKOFF_NAMES = {
+    types_pb2.BACKOFF_UNSPECIFIED: "exponential",
+    types_pb2.BACKOFF_EXPONENTIAL: "exponential",
+    types_pb2.BACKOFF_LINEAR: "linear",
+    types_pb2.BACKOFF_FIXED: "fixed",
+}
+
+
+class InvalidArgument(ValueError):
+    """The request is malformed; `field` says which part."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: uuid.UUID
+    namespace: str
+    name: str
+    payload: bytes
+    payload_encoding: str
+    idempotency_key: str | None
+    parent_id: uuid.UUID | None
+    retry: RetryPolicy
+    timeout: float
+    delay: float
+
+
+def namespace(value: str, field: str = "namespace") -> str:
+    if not value:
+        return DEFAULT_NAMESPACE
+    if not _NAMESPACE.fullmatch(value):
+        raise InvalidArgument(field, "use 1 to 128 letters, digits or . _ : -")
+    return value
+
+
+def function_name(value: str, field: str = "name") -> str:
+    if not value or not value.strip():
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {MAX_NAME_LENGTH}")
+    if _CONTROL.search(value):
+        raise InvalidArgument(field, "must not contain control characters")
+    return value
+
+
+def job_id(value: str, field: str = "id") -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidArgument(field, f"{value!r} is not a job id (a UUID)") from None
+
+
+def seconds(value: Duration, field: str, *, allow_zero: bool = True) -> float:
+    """A Duration as float seconds; negative or malformed ones are refused."""
+    if value.seconds < 0 or value.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if value.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "nanos must be below 1e9")
+    total = value.seconds + value.nanos / 1e9
+    if not allow_zero and total == 0:
+        raise InvalidArgument(field, "must be greater than zero")
+    return total
+
+
+def payload(value: types_pb2.Payload, max_bytes: int, field: str = "payload") -> tuple[bytes, str]:
+    encoding = value.encoding or "json"
+    if encoding not in ENCODINGS:
+        raise InvalidArgument(f"{field}.encoding", f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+    data = bytes(value.data)
+    if len(data) > max_bytes:
+        raise InvalidArgument(f"{field}.data", f"is {len(data)} bytes; the limit is {max_bytes}")
+    if encoding == "json" and data:
+        try:
+            json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidArgument(f"{field}.data", f"is not valid UTF-8 JSON ({exc})") from None
+    return data, encoding
+
+
+def retry_policy(value: types_pb2.RetryPolicy, field: str = "retry") -> RetryPolicy:
+    defaults = RetryPolicy()
+    max_attempts = value.max_attempts if value.HasField("max_attempts") else defaults.max_attempts
+    if max_attempts < 1:
+        raise InvalidArgument(f"{field}.max_attempts", f"must be at least 1, got {max_attempts}")
+    if value.backoff not in BACKOFF_NAMES:
+        raise InvalidArgument(f"{field}.backoff", f"unknown value {value.backoff}")
+    initial = seconds(value.initial_delay, f"{field}.initial_delay") if value.HasField("initial_delay") else defaults.initial_delay
+    maximum = seconds(value.max_delay, f"{field}.max_delay") if value.HasField("max_delay") else defaults.max_delay
+    if maximum < initial:
+        raise InvalidArgument(f"{field}.max_delay", f"({maximum} s) must not be less than initial_delay ({initial} s)")
+    jitter = value.jitter if value.HasField("jitter") else defaults.jitter
+    if not math.isfinite(jitter) or not 0 <= jitter <= 1:
+        raise InvalidArgument(f"{field}.jitter", f"must be between 0 and 1, got {jitter}")
+    return RetryPolicy(max_attempts=max_attempts, backoff=BACKOFF_NAMES[value.backoff],
+                       initial_delay=round(initial, 3), max_delay=round(maximum, 3), jitter=jitter)
+
+
+def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) -> NewJob:
+    data, encoding = payload(request.payload, max_payload_bytes)
+    key = request.idempotency_key or None
+    if key is not None and len(key) > MAX_KEY_LENGTH:
+        raise InvalidArgument("idempotency_key", f"is {len(key)} characters long; at most {MAX_KEY_LENGTH}")
+    return NewJob(
+        id=new_job_id(),
+        namespace=namespace(request.namespace),
+        name=function_name(request.name),
+        payload=data,
+        payload_encoding=encoding,
+        idempotency_key=key,
+        parent_id=job_id(request.parent_id, "parent_id") if request.parent_id else None,
+        retry=retry_policy(request.retry),
+        timeout=round(seconds(request.timeout, "timeout", allow_zero=False), 3) if request.HasField("timeout") else DEFAULT_TIMEOUT,
+        delay=round(seconds(request.delay, "delay"), 3) if request.HasField("delay") else 0.0,
+    )
+
+
+def job_states(values: list[int], field: str = "states") -> list[str]:
+    names = []
+    for value in values:
+        name = STATE_NAMES.get(value)
+        if name is None:
+            raise InvalidArgument(field, f"unknown job state {value}")
+        names.append(name)
+    return names
+
+
+def registration(register: workers_pb2.Register) -> tuple[str, frozenset[str], int]:
+    ns = namespace(register.namespace, "register.namespace")
+    if not register.names:
+        raise InvalidArgument("register.names", "must name at least one function")
+    names = frozenset(function_name(n, "register.names") for n in register.names)
+    if not 1 <= register.concurrency <= MAX_CONCURRENCY:
+        raise InvalidArgument("register.concurrency", f"must be between 1 and {MAX_CONCURRENCY}, got {register.concurrency}")
+    return ns, names, register.concurrency
+
+
+STATE_NAMES = {
+    types_pb2.JOB_STATE_PENDING: "pending",
+    types_pb2.JOB_STATE_RUNNING: "running",
+    types_pb2.JOB_STATE_SUCCESS: "success",
+    types_pb2.JOB_STATE_DEAD: "dead",
+    types_pb2.JOB_STATE_CANCELLED: "cancelled",
+    types_pb2.JOB_STATE_SUSPENDED: "suspended",
+}
+
+
+def as_timedelta(value: float) -> timedelta:
+    return timedelta(seconds=value)
