@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from perdured import logs
@@ -14,6 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     settings = settings_from(args)
     logs.configure(settings.log_format, settings.log_level)
+    # We never fork a process that then uses gRPC (only pg_ctl, which execs at once):
+    # gRPC's fork handlers would only print warnings.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     from perdured.server import apply_migrations, database_url, serve
 
     try:

