@@ -7,8 +7,12 @@ PERDURE_TEST_DATABASE_URL names one (its role needs CREATEDB).
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# The embedded server is stopped with pg_ctl at exit; gRPC's fork handlers would only warn.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio  # noqa: E402
 import signal
 import subprocess
 import sys
@@ -86,8 +90,8 @@ def empty_database_url(server_url: str) -> Iterator[str]:
 
 
 async def start_sidecar(database_url: str, **overrides: object) -> Sidecar:
-    settings = Settings(database_url=database_url, listen="127.0.0.1:0", shutdown_grace=2.0,
-                        poll_interval=2.0, **overrides)  # type: ignore[arg-type]
+    options = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, "poll_interval": 2.0, **overrides}
+    settings = Settings(database_url=database_url, **options)  # type: ignore[arg-type]
     sidecar = Sidecar(settings)
     await sidecar.start()
     return sidecar

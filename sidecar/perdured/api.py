@@ -134,6 +134,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                 queue.put_nowait(None)
 
         unsubscribe = self.events.subscribe(deliver)
+        # Tells the client the watch is live: every event from now on reaches it.
+        await context.send_initial_metadata(())
         try:
             while (event := await queue.get()) is not None:
                 await context.write(convert.event(event))

@@ -119,6 +119,7 @@ class JobsServicer:
 
     def WatchJobs(self, request, context):
         """Lifecycle events as they happen, on every sidecar, until the client hangs up.
+        Initial metadata is sent once the watch is subscribed: events after it are not missed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

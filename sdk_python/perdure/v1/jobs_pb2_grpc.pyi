@@ -46,7 +46,9 @@ class JobsStub:
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
-    """Lifecycle events as they happen, on every sidecar, until the client hangs up."""
+    """Lifecycle events as they happen, on every sidecar, until the client hangs up.
+    Initial metadata is sent once the watch is subscribed: events after it are not missed.
+    """
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -66,7 +68,9 @@ class JobsAsyncStub(JobsStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
-    """Lifecycle events as they happen, on every sidecar, until the client hangs up."""
+    """Lifecycle events as they happen, on every sidecar, until the client hangs up.
+    Initial metadata is sent once the watch is subscribed: events after it are not missed.
+    """
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,6 +129,8 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.WatchJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
-        """Lifecycle events as they happen, on every sidecar, until the client hangs up."""
+        """Lifecycle events as they happen, on every sidecar, until the client hangs up.
+        Initial metadata is sent once the watch is subscribed: events after it are not missed.
+        """
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,318 @@
+"""The contract through raw gRPC, as another language would use it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
+
+
+@pytest.fixture
+async def channel(sidecar) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        yield channel
+
+
+@pytest.fixture
+def jobs(channel) -> jobs_pb2_grpc.JobsStub:
+    return jobs_pb2_grpc.JobsStub(channel)
+
+
+def json_payload(value: object) -> types_pb2.Payload:
+    return types_pb2.Payload(data=json.dumps(value).encode(), encoding="json")
+
+
+def count_jobs(db) -> int:
+    return db.execute("SELECT count(*) FROM perdure.jobs").fetchone()[0]
+
+
+class RawWorker:
+    """A worker speaking the Work stream by hand."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = workers_pb2_grpc.WorkersStub(channel).Work()
+        self.inbox: asyncio.Queue[workers_pb2.SidecarMessage] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        # One reader for the stream's life: cancelling a pending read would cancel the RPC.
+        async for message in self.call:
+            self.inbox.put_nowait(message)
+
+    async def register(self, *names: str, concurrency: int = 1, namespace: str = "") -> workers_pb2.Registered:
+        await self.call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
+            names=list(names), concurrency=concurrency, namespace=namespace, worker_name="raw")))
+        self._reader = asyncio.ensure_future(self._read())
+        return await self.next("registered")  # type: ignore[return-value]
+
+    async def next(self, kind: str, timeout: float = 30) -> object:
+        message = await asyncio.wait_for(self.inbox.get(), timeout)
+        assert message.WhichOneof("kind") == kind, message
+        return getattr(message, kind)
+
+    async def answer(self, job_id: str, attempt: int, **result: object) -> workers_pb2.OutcomeAck:
+        await self.call.write(workers_pb2.WorkerMessage(outcome=workers_pb2.Outcome(
+            job_id=job_id, attempt=attempt, **result)))  # type: ignore[arg-type]
+        return await self.next("ack")  # type: ignore[return-value]
+
+
+async def test_enqueue_then_get__returns_every_field_with_defaults(jobs) -> None:
+    response = await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="emails:send", payload=json_payload({"args": [1]})))
+    assert not response.deduplicated
+    job = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=response.job.id))).job
+    assert (job.namespace, job.name, job.state, job.attempt) == ("default", "emails:send", types_pb2.JOB_STATE_PENDING, 0)
+    assert json.loads(job.payload.data) == {"args": [1]} and job.payload.encoding == "json"
+    assert job.retry.max_attempts == 3 and job.retry.backoff == types_pb2.BACKOFF_EXPONENTIAL
+    assert job.retry.initial_delay.ToMilliseconds() == 1000 and job.retry.max_delay.ToMilliseconds() == 60000
+    assert job.retry.jitter == pytest.approx(0.1) and job.timeout.ToMilliseconds() == 30000
+    assert job.HasField("created_at") and job.HasField("run_at") and not job.HasField("finished_at")
+
+
+@pytest.mark.parametrize(("request_fields", "field"), [
+    ({"name": ""}, "name"),
+    ({"name": "x" * 300}, "name"),
+    ({"name": "f", "retry": types_pb2.RetryPolicy(backoff=17)}, "retry.backoff"),
+    ({"name": "f", "delay": Duration(seconds=-1)}, "delay"),
+    ({"name": "f", "retry": types_pb2.RetryPolicy(max_attempts=0)}, "retry.max_attempts"),
+    ({"name": "f", "payload": types_pb2.Payload(data=b"x" * (4 * 1024 * 1024 + 1), encoding="bytes")}, "payload.data"),
+    ({"name": "f", "payload": types_pb2.Payload(data=b"{oops", encoding="json")}, "payload.data"),
+    ({"name": "f", "payload": types_pb2.Payload(data=b"1", encoding="yaml")}, "payload.encoding"),
+])
+async def test_enqueue_bad_input__is_invalid_argument_and_writes_nothing(jobs, db, request_fields, field) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.Enqueue(jobs_pb2.EnqueueRequest(**request_fields))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"{field}: ")
+    assert count_jobs(db) == 0
+
+
+async def test_reads_with_bad_ids_or_states__are_invalid_argument(jobs) -> None:
+    for call in (jobs.GetJob(jobs_pb2.GetJobRequest(id="42")),
+                 jobs.ListJobs(jobs_pb2.ListJobsRequest(states=[77])),
+                 jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=5000))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_namespaces__hide_jobs_of_other_namespaces(jobs, channel) -> None:
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(namespace="a", name="f"))).job
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id, namespace="b"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    for call in (jobs.CancelJob(jobs_pb2.CancelJobRequest(id=job.id, namespace="b")),
+                 jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id, namespace="b"))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not (await jobs.ListJobs(jobs_pb2.ListJobsRequest(namespace="b"))).jobs
+    # The same key in two namespaces makes two jobs.
+    one = await jobs.Enqueue(jobs_pb2.EnqueueRequest(namespace="a", name="f", idempotency_key="k"))
+    two = await jobs.Enqueue(jobs_pb2.EnqueueRequest(namespace="b", name="f", idempotency_key="k"))
+    assert one.job.id != two.job.id and not two.deduplicated
+    # A worker of namespace b is never offered a's job.
+    worker_b = RawWorker(channel)
+    await worker_b.register("f", namespace="b")
+    assignment = await worker_b.next("assignment")
+    assert assignment.job_id == two.job.id and assignment.namespace == "b"
+    with pytest.raises(TimeoutError):
+        await worker_b.next("assignment", timeout=0.5)
+    worker_b.call.cancel()
+
+
+async def test_list_jobs__filters_by_name_and_state_and_pages_newest_first(jobs) -> None:
+    ids = [(await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="a" if i % 2 else "b"))).job.id for i in range(7)]
+    await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=ids[1]))
+    pages, token = [], ""
+    while True:
+        response = await jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=2, page_token=token))
+        pages.append([j.id for j in response.jobs])
+        token = response.next_page_token
+        if not token:
+            break
+    assert [i for page in pages for i in page] == ids[::-1] and len(pages) == 4
+    names = await jobs.ListJobs(jobs_pb2.ListJobsRequest(name="a"))
+    assert [j.id for j in names.jobs] == [ids[5], ids[3], ids[1]]
+    pending_a = await jobs.ListJobs(jobs_pb2.ListJobsRequest(name="a", states=[types_pb2.JOB_STATE_PENDING]))
+    assert [j.id for j in pending_a.jobs] == [ids[5], ids[3]]
+
+
+async def test_await_job__returns_when_the_wait_passes_without_an_answer(jobs) -> None:
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="nobody"))).job
+    response = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id, wait=Duration(nanos=200_000_000)))
+    assert not response.done and response.job.state == types_pb2.JOB_STATE_PENDING
+
+
+async def test_work_stream__delivers_runs_and_acknowledges_after_commit(jobs, channel, db) -> None:
+    worker = RawWorker(channel)
+    registered = await worker.register("f", concurrency=1)
+    assert registered.worker_id and registered.sidecar_id
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [2]})))).job
+    waiting = asyncio.ensure_future(jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id)))
+    assignment = await worker.next("assignment")
+    assert (assignment.job_id, assignment.attempt, assignment.name) == (job.id, 1, "f")
+    assert json.loads(assignment.payload.data) == {"args": [2]} and assignment.HasField("deadline")
+    ack = await worker.answer(job.id, 1, success=json_payload(4))
+    assert ack.recorded and ack.state == types_pb2.JOB_STATE_SUCCESS
+    # The acknowledgement came after the commit: the row says so already.
+    assert db.execute("SELECT state, result FROM perdure.jobs WHERE id = %s", (job.id,)).fetchone() == ("success", b"4")
+    done = await waiting
+    assert done.done and json.loads(done.job.result.data) == 4
+    worker.call.cancel()
+
+
+async def test_work_stream__never_sends_more_than_the_free_slots(jobs, channel, db) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=2)
+    ids = [(await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job.id for _ in range(5)]
+    first = [await worker.next("assignment"), await worker.next("assignment")]
+    with pytest.raises(TimeoutError):
+        await worker.next("assignment", timeout=0.5)
+    assert db.execute("SELECT count(*) FROM perdure.jobs WHERE state = 'running'").fetchone()[0] == 2
+    await worker.answer(first[0].job_id, 1, success=json_payload(None))
+    third = await worker.next("assignment")
+    assert third.job_id not in {a.job_id for a in first} and third.job_id in ids
+    worker.call.cancel()
+
+
+async def test_work_stream__registration_must_come_first_and_be_valid(channel) -> None:
+    call = workers_pb2_grpc.WorkersStub(channel).Work()
+    await call.write(workers_pb2.WorkerMessage(outcome=workers_pb2.Outcome(job_id="x")))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "register" in caught.value.details()
+    call = workers_pb2_grpc.WorkersStub(channel).Work()
+    await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(names=["f"], concurrency=0)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("register.concurrency: ")
+
+
+async def test_dropped_stream__puts_the_job_back_at_once_as_a_spent_attempt(jobs, channel) -> None:
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(
+        name="f", retry=types_pb2.RetryPolicy(max_attempts=2)))).job
+    for attempt in (1, 2):
+        worker = RawWorker(channel)
+        await worker.register("f")
+        assignment = await worker.next("assignment")
+        assert assignment.attempt == attempt
+        worker.call.cancel()  # the app died
+        # The sidecar learns of the stream's end asynchronously: wait for the state to move.
+        for _ in range(500):
+            if (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job.state != types_pb2.JOB_STATE_RUNNING:
+                break
+            await asyncio.sleep(0.02)
+    final = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
+    assert final.state == types_pb2.JOB_STATE_DEAD and final.attempt == 2
+    assert [a.outcome for a in final.attempts] == [types_pb2.ATTEMPT_OUTCOME_WORKER_LOST] * 2
+    assert final.error.type == "perdure.WorkerLost"
+
+
+async def test_timeout__cancels_the_handler_fails_the_attempt_and_fences_the_late_answer(jobs, channel) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(
+        name="f", timeout=Duration(nanos=300_000_000),
+        retry=types_pb2.RetryPolicy(max_attempts=2, initial_delay=Duration(), jitter=0)))).job
+    first = await worker.next("assignment")
+    cancel = await worker.next("cancel")
+    assert (cancel.job_id, cancel.attempt, cancel.reason) == (job.id, 1, workers_pb2.CANCEL_REASON_TIMEOUT)
+    # The late answer of the lost attempt changes nothing.
+    late = await worker.answer(job.id, first.attempt, success=json_payload("too late"))
+    assert not late.recorded
+    second = await worker.next("assignment")
+    assert second.attempt == 2
+    ack = await worker.answer(job.id, 2, success=json_payload("in time"))
+    assert ack.recorded
+    final = (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job
+    assert json.loads(final.result.data) == "in time"
+    assert [a.outcome for a in final.attempts] == [types_pb2.ATTEMPT_OUTCOME_TIMED_OUT, types_pb2.ATTEMPT_OUTCOME_SUCCEEDED]
+    assert final.attempts[0].error.type == "perdure.Timeout"
+    worker.call.cancel()
+
+
+async def test_outcome_for_another_attempt__is_not_recorded(jobs, channel) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f")
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job
+    await worker.next("assignment")
+    stale = await worker.answer(job.id, 7, failure=types_pb2.JobError(type="X", message="stale"))
+    assert not stale.recorded
+    assert (await jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id))).job.state == types_pb2.JOB_STATE_RUNNING
+    worker.call.cancel()
+
+
+async def test_retry_job__runs_a_dead_job_again_with_fresh_attempts(jobs, channel) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f")
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", retry=types_pb2.RetryPolicy(max_attempts=1)))).job
+    await worker.next("assignment")
+    ack = await worker.answer(job.id, 1, failure=types_pb2.JobError(type="Boom", message="no"))
+    assert ack.state == types_pb2.JOB_STATE_DEAD
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # only dead or cancelled jobs
+        await jobs.RetryJob(jobs_pb2.RetryJobRequest(id=(await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="g"))).job.id))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    retried = (await jobs.RetryJob(jobs_pb2.RetryJobRequest(id=job.id))).job
+    assert retried.state == types_pb2.JOB_STATE_PENDING
+    again = await worker.next("assignment")
+    assert again.attempt == 2
+    assert (await worker.answer(job.id, 2, success=json_payload(1))).state == types_pb2.JOB_STATE_SUCCESS
+    worker.call.cancel()
+
+
+async def test_watch_jobs__streams_lifecycle_events(jobs, channel) -> None:
+    watch = jobs.WatchJobs(jobs_pb2.WatchJobsRequest(name="f"))
+    events: list[jobs_pb2.JobEvent] = []
+
+    async def collect() -> None:
+        async for event in watch:
+            events.append(event)
+
+    collector = asyncio.ensure_future(collect())
+    await watch.initial_metadata()  # sent once the watch is subscribed
+    worker = RawWorker(channel)
+    await worker.register("f")
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(
+        name="f", retry=types_pb2.RetryPolicy(max_attempts=2, initial_delay=Duration(), jitter=0)))).job
+    await worker.next("assignment")
+    await worker.answer(job.id, 1, failure=types_pb2.JobError(type="Boom", message="first"))
+    await worker.next("assignment")
+    await worker.answer(job.id, 2, failure=types_pb2.JobError(type="Boom", message="second"))
+    other = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", delay=Duration(seconds=60)))).job
+    await jobs.CancelJob(jobs_pb2.CancelJobRequest(id=other.id))
+    for _ in range(100):
+        if len(events) >= 7:
+            break
+        await asyncio.sleep(0.05)
+    collector.cancel()
+    kinds = [(e.job_id, e.kind) for e in events]
+    K = jobs_pb2
+    assert kinds == [
+        (job.id, K.JOB_EVENT_KIND_ENQUEUED), (job.id, K.JOB_EVENT_KIND_STARTED),
+        (job.id, K.JOB_EVENT_KIND_ATTEMPT_FAILED), (job.id, K.JOB_EVENT_KIND_STARTED),
+        (job.id, K.JOB_EVENT_KIND_DEAD), (other.id, K.JOB_EVENT_KIND_ENQUEUED),
+        (other.id, K.JOB_EVENT_KIND_CANCELLED),
+    ]
+    assert events[2].error.message == "first" and events[4].error.type == "Boom"
+    assert events[5].run_at.ToDatetime() > events[5].at.ToDatetime()
+    worker.call.cancel()
+
+
+async def test_health_and_reflection__work_for_generic_tools(channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "perdure.v1.Jobs", "perdure.v1.Workers"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name async for r in responses for s in r.list_services_response.service}
+    assert {"perdure.v1.Jobs", "perdure.v1.Workers", "grpc.health.v1.Health"} <= names

@@ -1,0 +1,183 @@
+"""Leases, reclaiming, shutdown and migrations: the recovery promises, on fabricated and real state."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+
+from perdure import JobDeadError
+from perdured.migrate import SchemaTooNew, load_migrations, migrate
+from perdured.store import Store
+
+from ..conftest import start_sidecar
+
+
+def fabricate_running(db, name: str, *, attempt: int, max_attempts: int, expired: bool) -> str:
+    """A job that some sidecar claimed and then stopped renewing (or still renews)."""
+    row = db.execute(
+        """INSERT INTO perdure.jobs (id, namespace, name, state, payload, payload_encoding, attempt, max_attempts,
+                                     backoff, initial_delay, max_delay, jitter, timeout, run_at,
+                                     lease_expires_at, sidecar_id, worker_id)
+           VALUES (gen_random_uuid(), 'default', %s, 'running', '', 'json', %s, %s, 'fixed', '1s', '1s', 0, '30s',
+                   now(), now() + CASE WHEN %s THEN interval '-1 second' ELSE interval '1 hour' END, 'gone', 'w')
+           RETURNING id""", (name, attempt, max_attempts, expired)).fetchone()
+    db.execute("INSERT INTO perdure.attempts (job_id, number, sidecar_id) VALUES (%s, %s, 'gone')", (row[0], attempt))
+    return str(row[0])
+
+
+async def wait_for_state(db, job_id: str, states: set[str], timeout: float = 30) -> str:
+    for _ in range(int(timeout / 0.05)):
+        state = db.execute("SELECT state FROM perdure.jobs WHERE id = %s", (job_id,)).fetchone()[0]
+        if state in states:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+async def test_expired_lease__is_reclaimed_by_a_live_sidecars_reaper(database_url, db, make_client) -> None:
+    sidecar = await start_sidecar(database_url, lease=0.5)
+    try:
+        expired = fabricate_running(db, "reports:build", attempt=1, max_attempts=3, expired=True)
+        held = fabricate_running(db, "reports:build", attempt=1, max_attempts=3, expired=False)
+        exhausted = fabricate_running(db, "reports:build", attempt=3, max_attempts=3, expired=True)
+        assert await wait_for_state(db, expired, {"pending"}) == "pending"
+        assert await wait_for_state(db, exhausted, {"dead"}) == "dead"
+        # A lease that is still valid is left alone.
+        assert db.execute("SELECT state FROM perdure.jobs WHERE id = %s", (held,)).fetchone()[0] == "running"
+        outcome, error = db.execute("SELECT outcome, error->>'type' FROM perdure.attempts WHERE job_id = %s",
+                                    (expired,)).fetchone()
+        assert (outcome, error) == ("lease_expired", "perdure.LeaseExpired")
+
+        perdure = make_client(address=sidecar.address)
+
+        @perdure.durable("reports:build")
+        async def build() -> str:
+            return "rebuilt"
+
+        async with perdure:
+            assert await perdure.handle(expired).result(timeout=30) == "rebuilt"
+            with pytest.raises(JobDeadError) as caught:
+                await perdure.handle(exhausted).result(timeout=5)
+            assert caught.value.error_type == "perdure.LeaseExpired"
+    finally:
+        await sidecar.stop()
+
+
+async def test_running_jobs__keep_their_lease_while_the_stream_lives(database_url, db, make_client) -> None:
+    sidecar = await start_sidecar(database_url, lease=0.6)
+    try:
+        perdure = make_client(address=sidecar.address)
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        @perdure.durable("long", timeout=60)
+        async def long() -> str:
+            started.set()
+            await release.wait()
+            return "done"
+
+        async with perdure:
+            handle = await long()
+            await asyncio.wait_for(started.wait(), 30)
+            first = db.execute("SELECT lease_expires_at FROM perdure.jobs WHERE id = %s", (handle.id,)).fetchone()[0]
+            # Several lease periods pass; renewals push the expiry on and nobody reclaims the job.
+            for _ in range(200):
+                now = db.execute("SELECT lease_expires_at FROM perdure.jobs WHERE id = %s", (handle.id,)).fetchone()[0]
+                if now is not None and (now - first).total_seconds() > 1.5:
+                    break
+                await asyncio.sleep(0.05)
+            assert (now - first).total_seconds() > 1.5
+            release.set()
+            assert await handle.result(timeout=30) == "done"
+            assert [a.outcome for a in (await handle.details()).attempts] == ["succeeded"]
+    finally:
+        await sidecar.stop()
+
+
+async def test_sigterm__lets_handlers_finish_within_the_grace_then_releases_the_rest(database_url, db, make_client) -> None:
+    sidecar = await start_sidecar(database_url, shutdown_grace=0.5)
+    perdure = make_client(address=sidecar.address, worker_concurrency=2)
+    quick_started, slow_started = asyncio.Event(), asyncio.Event()
+    finish_quick = asyncio.Event()
+
+    @perdure.durable("quick")
+    async def quick() -> str:
+        quick_started.set()
+        await finish_quick.wait()
+        return "finished in the grace period"
+
+    @perdure.durable("stuck", max_attempts=1)
+    async def stuck() -> None:
+        slow_started.set()
+        await asyncio.sleep(3600)
+
+    async with perdure:
+        quick_job, stuck_job = await quick(), await stuck()
+        await asyncio.wait_for(asyncio.gather(quick_started.wait(), slow_started.wait()), 30)
+        stopping = asyncio.ensure_future(sidecar.stop())
+        while sidecar.dispatcher.accepting:  # shutdown has begun: no new work is taken
+            await asyncio.sleep(0.01)
+        finish_quick.set()
+        await stopping
+    rows = dict(db.execute("SELECT name, state FROM perdure.jobs").fetchall())
+    # The quick one was acknowledged and committed; the stuck one is back, not dead, even on its last attempt.
+    assert rows == {"quick": "success", "stuck": "pending"}
+    assert db.execute("SELECT outcome FROM perdure.attempts WHERE job_id = %s", (stuck_job.id,)).fetchone()[0] == "released"
+    assert quick_job.id
+
+
+async def test_await_job__on_one_sidecar_wakes_when_another_finishes_it(database_url, make_client) -> None:
+    worker_side, reader_side = await start_sidecar(database_url), await start_sidecar(database_url)
+    try:
+        worker = make_client(address=worker_side.address)
+        reader = make_client(address=reader_side.address)
+        gate = asyncio.Event()
+
+        @worker.durable("echo")
+        async def echo(value: str) -> str:
+            await gate.wait()
+            return value
+
+        async with worker, reader:
+            handle = await reader.enqueue("echo", "across")
+            result = asyncio.ensure_future(handle.result(timeout=30))
+            await asyncio.sleep(0.1)
+            assert not result.done()
+            gate.set()
+            assert await result == "across"
+    finally:
+        await worker_side.stop()
+        await reader_side.stop()
+
+
+async def test_migrate__many_sidecars_at_once_apply_each_migration_once(empty_database_url) -> None:
+    async def one() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(empty_database_url) as conn:
+            return await migrate(conn)
+
+    results = await asyncio.gather(*(one() for _ in range(6)))
+    latest = len(load_migrations())
+    assert sorted(results, key=len) == [[]] * 5 + [list(range(1, latest + 1))]
+    async with await psycopg.AsyncConnection.connect(empty_database_url) as conn:
+        rows = await (await conn.execute("SELECT version FROM perdure.schema_migrations ORDER BY 1")).fetchall()
+    assert [r[0] for r in rows] == list(range(1, latest + 1))
+
+
+async def test_migrate__refuses_a_schema_newer_than_it_knows(database_url) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("INSERT INTO perdure.schema_migrations (version, name) VALUES (999, 'future')")
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        with pytest.raises(SchemaTooNew, match="schema is at version 999.*upgrade perdured"):
+            await migrate(conn)
+
+
+async def test_store_queries__all_parse_and_run(database_url) -> None:
+    store = await Store.open(database_url, 2)
+    try:
+        assert await store.next_run_in("default", ["x"]) is None
+        assert await store.reclaim_expired(10, {"type": "t"}) == []
+        assert await store.renew_leases([], 1.0, "s") == set()
+    finally:
+        await store.close()

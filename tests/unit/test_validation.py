@@ -1,0 +1,99 @@
+"""What the sidecar accepts on the wire, and the field every refusal names."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
+from perdured import validation
+from perdured.validation import InvalidArgument
+
+LIMIT = 1024
+
+
+def request(**fields: object) -> jobs_pb2.EnqueueRequest:
+    fields.setdefault("name", "emails:send")
+    return jobs_pb2.EnqueueRequest(**fields)  # type: ignore[arg-type]
+
+
+def refused(message: jobs_pb2.EnqueueRequest) -> str:
+    with pytest.raises(InvalidArgument) as caught:
+        validation.enqueue_request(message, LIMIT)
+    return str(caught.value)
+
+
+def test_minimal_request__takes_every_default() -> None:
+    job = validation.enqueue_request(request(), LIMIT)
+    assert job.namespace == "default"
+    assert (job.retry.max_attempts, job.retry.backoff, job.retry.initial_delay, job.retry.max_delay,
+            job.retry.jitter) == (3, "exponential", 1.0, 60.0, 0.1)
+    assert (job.timeout, job.delay, job.idempotency_key, job.parent_id) == (30.0, 0.0, None, None)
+    assert job.id.version == 7
+
+
+def test_full_request__is_read_to_the_millisecond() -> None:
+    job = validation.enqueue_request(request(
+        namespace="billing", idempotency_key="k-1",
+        payload=types_pb2.Payload(data=b'{"args":[1]}', encoding="json"),
+        retry=types_pb2.RetryPolicy(max_attempts=7, backoff=types_pb2.BACKOFF_LINEAR,
+                                    initial_delay=Duration(nanos=250_400_000), max_delay=Duration(seconds=9),
+                                    jitter=0.0),
+        timeout=Duration(seconds=2, nanos=1_000_000), delay=Duration(seconds=5),
+    ), LIMIT)
+    assert (job.namespace, job.idempotency_key) == ("billing", "k-1")
+    assert (job.retry.max_attempts, job.retry.backoff, job.retry.initial_delay, job.retry.max_delay,
+            job.retry.jitter) == (7, "linear", 0.25, 9.0, 0.0)
+    assert (job.timeout, job.delay) == (2.001, 5.0)
+
+
+@pytest.mark.parametrize(("message", "field"), [
+    (request(name=""), "name"),
+    (request(name="   "), "name"),
+    (request(name="x" * 256), "name"),
+    (request(name="bad\nname"), "name"),
+    (request(namespace="has space"), "namespace"),
+    (request(namespace="n" * 129), "namespace"),
+    (request(retry=types_pb2.RetryPolicy(max_attempts=0)), "retry.max_attempts"),
+    (request(retry=types_pb2.RetryPolicy(max_attempts=-2)), "retry.max_attempts"),
+    (request(retry=types_pb2.RetryPolicy(backoff=42)), "retry.backoff"),  # type: ignore[arg-type]
+    (request(retry=types_pb2.RetryPolicy(jitter=1.5)), "retry.jitter"),
+    (request(retry=types_pb2.RetryPolicy(jitter=float("nan"))), "retry.jitter"),
+    (request(retry=types_pb2.RetryPolicy(initial_delay=Duration(seconds=-1))), "retry.initial_delay"),
+    (request(retry=types_pb2.RetryPolicy(initial_delay=Duration(seconds=10), max_delay=Duration(seconds=1))),
+     "retry.max_delay"),
+    (request(delay=Duration(seconds=-5)), "delay"),
+    (request(timeout=Duration(seconds=0)), "timeout"),
+    (request(timeout=Duration(seconds=-1)), "timeout"),
+    (request(payload=types_pb2.Payload(data=b"x" * (LIMIT + 1), encoding="bytes")), "payload.data"),
+    (request(payload=types_pb2.Payload(data=b"{not json")), "payload.data"),
+    (request(payload=types_pb2.Payload(data=b"\xff\xfe", encoding="json")), "payload.data"),
+    (request(payload=types_pb2.Payload(data=b"1", encoding="msgpack")), "payload.encoding"),
+    (request(idempotency_key="k" * 256), "idempotency_key"),
+    (request(parent_id="not-a-uuid"), "parent_id"),
+])
+def test_bad_request__is_refused_naming_the_field(message: jobs_pb2.EnqueueRequest, field: str) -> None:
+    assert refused(message).startswith(f"{field}: ")
+
+
+def test_bytes_payload__is_not_inspected() -> None:
+    job = validation.enqueue_request(request(payload=types_pb2.Payload(data=b"\xff\x00", encoding="bytes")), LIMIT)
+    assert (job.payload, job.payload_encoding) == (b"\xff\x00", "bytes")
+
+
+def test_unknown_state_filter__is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="states: unknown job state 99"):
+        validation.job_states([types_pb2.JOB_STATE_DEAD, 99])
+
+
+@pytest.mark.parametrize(("register", "field"), [
+    (workers_pb2.Register(names=[], concurrency=1), "register.names"),
+    (workers_pb2.Register(names=[""], concurrency=1), "register.names"),
+    (workers_pb2.Register(names=["a"], concurrency=0), "register.concurrency"),
+    (workers_pb2.Register(names=["a"], concurrency=10_001), "register.concurrency"),
+    (workers_pb2.Register(names=["a"], concurrency=1, namespace="a b"), "register.namespace"),
+])
+def test_bad_registration__is_refused_naming_the_field(register: workers_pb2.Register, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validation.registration(register)
+    assert str(caught.value).startswith(f"{field}: ")
