@@ -37,8 +37,9 @@ CREATE TABLE perdure.jobs (
     parent_id        uuid,
     -- Attempts started so far; the fencing token of the current one.
     attempt          integer NOT NULL DEFAULT 0,
-    -- `attempt` when RetryJob last revived the job: attempts count from here toward max_attempts.
-    retry_base       integer NOT NULL DEFAULT 0,
+    -- Attempts that do not count toward max_attempts: those before the last RetryJob, and
+    -- those handed back unfinished by a sidecar shutting down.
+    uncounted_attempts integer NOT NULL DEFAULT 0,
     max_attempts     integer NOT NULL CHECK (max_attempts >= 1),
     backoff          text NOT NULL CHECK (backoff IN ('exponential', 'linear', 'fixed')),
     initial_delay    interval NOT NULL,

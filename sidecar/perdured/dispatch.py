@@ -110,7 +110,7 @@ class Dispatcher:
                 yield message
         finally:
             reader.cancel()
-            await self._drop(session)
+            self._drop(session)
 
     async def _register(self, requests: AsyncIterator[workers_pb2.WorkerMessage],
                         context: grpc.aio.ServicerContext) -> WorkerSession:
@@ -144,8 +144,11 @@ class Dispatcher:
         finally:
             session.outbox.put_nowait(None)  # the stream ended: stop writing
 
-    async def _drop(self, session: WorkerSession) -> None:
-        """The stream is gone (the app died or hung up): its jobs go back at once."""
+    def _drop(self, session: WorkerSession) -> None:
+        """The stream is gone (the app died or hung up): its jobs go back at once.
+
+        The session leaves at once, so that nothing more is assigned to it; recording runs
+        apart from the RPC's task, which gRPC may cancel again at any moment."""
         self.sessions.pop(session.id, None)
         lost = [a for a in session.assignments.values() if not a.ended and not a.finishing]
         session.assignments.clear()
@@ -154,8 +157,8 @@ class Dispatcher:
             self._forget(assignment)
             assignment.ended = True
             message = f"the worker {session.id} went away while running attempt {assignment.attempt}"
-            await self._record_ended(assignment, "worker_lost", _error("perdure.WorkerLost", message),
-                                     retry_delay=0.0)
+            self._spawn(self._record_ended(assignment, "worker_lost", _error("perdure.WorkerLost", message),
+                                           retry_delay=0.0))
 
     # -- handing out jobs -----------------------------------------------------------------
 
@@ -184,14 +187,14 @@ class Dispatcher:
         timeout = row["timeout"].total_seconds()
         assignment = Assignment(
             job_id=row["id"], attempt=row["attempt"], name=row["name"], policy=policy,
-            round_attempt=row["attempt"] - row["retry_base"], timeout=timeout, session=session,  # type: ignore[arg-type]
+            round_attempt=row["attempt"] - row["uncounted_attempts"], timeout=timeout, session=session,  # type: ignore[arg-type]
         )
         if session is None:
-            # The worker left between the claim and now: the job goes straight back.
+            # The worker left between the claim and now: the job goes straight back, and since
+            # it never ran, that does not use up its attempts.
             assignment.ended = True
-            self._spawn(self._record_ended(assignment, "worker_lost",
-                                           _error("perdure.WorkerLost", "the worker went away before the job reached it"),
-                                           retry_delay=0.0))
+            self._spawn(self._record_ended(assignment, "released",
+                                           _error("perdure.Released", "the worker went away before the job reached it")))
             return
         session.assignments[assignment.key] = assignment
         self._by_job[assignment.job_id] = assignment

@@ -2,7 +2,8 @@
 -- Job columns come back in the order of JOB_COLUMNS in store.py.
 
 -- enqueue --
--- Insert new jobs; rows whose (namespace, idempotency_key) exists already are skipped.
+-- Insert new jobs; rows whose idempotency key exists already in their namespace are skipped,
+-- and so are rows whose id exists (a retried statement whose first try did commit).
 INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
                           max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at)
 SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
@@ -13,15 +14,16 @@ FROM unnest(%(id)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(payload)s
             %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[])
      AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
           max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay)
-ON CONFLICT (namespace, idempotency_key) DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING {job_columns}
 
--- jobs_by_idempotency_key --
--- The existing jobs behind deduplicated enqueues.
+-- jobs_by_id_or_idempotency_key --
+-- The existing jobs behind skipped enqueues: by their own id, else by their key.
 SELECT {job_columns}
 FROM perdure.jobs
-JOIN unnest(%(namespace)s::text[], %(idempotency_key)s::text[]) AS k(namespace, idempotency_key)
-  USING (namespace, idempotency_key)
+WHERE id = ANY(%(id)s)
+   OR (namespace, idempotency_key) IN (
+       SELECT * FROM unnest(%(namespace)s::text[], %(idempotency_key)s::text[]))
 
 -- get_job --
 -- One job, only within its namespace.
@@ -59,7 +61,7 @@ WITH picked AS (
         lease_expires_at = now() + %(lease)s, sidecar_id = %(sidecar_id)s,
         worker_id = (%(slots)s::text[])[n.slot]
     FROM numbered n WHERE j.id = n.id
-    RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.retry_base,
+    RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.uncounted_attempts,
               j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
               j.worker_id, j.run_at
 ), history AS (
@@ -71,7 +73,8 @@ SELECT * FROM claimed ORDER BY run_at, id
 -- finish --
 -- Record attempt outcomes, each only if its job is still running under the same attempt.
 -- kind: success | failure | released. A failure retries after `retry_delay` unless it is
--- non-retryable or the attempts are used up, then the job is dead. A release never kills.
+-- non-retryable or the attempts are used up, then the job is dead. A release (the sidecar
+-- shutting down) neither kills the job nor counts toward its attempts.
 WITH outcome AS (
     SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::int[], %(kind)s::text[], %(result)s::bytea[],
                          %(result_encoding)s::text[], %(error)s::jsonb[], %(non_retryable)s::bool[],
@@ -81,13 +84,14 @@ WITH outcome AS (
     SELECT o.*, CASE
         WHEN o.kind = 'success' THEN 'success'
         WHEN o.kind = 'released' THEN 'pending'
-        WHEN o.non_retryable OR j.attempt - j.retry_base >= j.max_attempts THEN 'dead'
+        WHEN o.non_retryable OR j.attempt - j.uncounted_attempts >= j.max_attempts THEN 'dead'
         ELSE 'pending' END AS next_state
     FROM outcome o JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
 ), finished AS (
     -- The row is checked again under its lock: only a still-running attempt changes.
     UPDATE perdure.jobs AS j
     SET state = d.next_state,
+        uncounted_attempts = j.uncounted_attempts + (d.kind = 'released')::int,
         result = d.result,
         result_encoding = d.result_encoding,
         error = d.error,
@@ -122,10 +126,10 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), reclaimed AS (
     UPDATE perdure.jobs AS j
-    SET state = CASE WHEN j.attempt - j.retry_base >= j.max_attempts THEN 'dead' ELSE 'pending' END,
+    SET state = CASE WHEN j.attempt - j.uncounted_attempts >= j.max_attempts THEN 'dead' ELSE 'pending' END,
         error = %(error)s::jsonb,
         run_at = now(),
-        finished_at = CASE WHEN j.attempt - j.retry_base >= j.max_attempts THEN now() END,
+        finished_at = CASE WHEN j.attempt - j.uncounted_attempts >= j.max_attempts THEN now() END,
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM expired WHERE j.id = expired.id
     RETURNING j.id, j.attempt, j.state
@@ -151,7 +155,7 @@ SELECT id FROM cancelled
 -- retry_job --
 -- Send a dead or cancelled job back to pending with a fresh set of attempts.
 UPDATE perdure.jobs
-SET state = 'pending', retry_base = attempt, run_at = now(), finished_at = NULL, result = NULL,
+SET state = 'pending', uncounted_attempts = attempt, run_at = now(), finished_at = NULL, result = NULL,
     result_encoding = NULL
 WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('dead', 'cancelled')
 RETURNING id

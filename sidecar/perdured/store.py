@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -18,7 +19,7 @@ from perdured.validation import NewJob
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
-    "idempotency_key, parent_id, attempt, retry_base, max_attempts, backoff, initial_delay, "
+    "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
     "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at"
 )
 
@@ -52,6 +53,12 @@ class Outcome:
     retry_delay: float = 0.0
 
 
+def _connection_lost(conn: psycopg.AsyncConnection | None, exc: psycopg.Error) -> bool:
+    # 08xxx: connection exceptions; 57P01-03: the server is shutting down or restarting.
+    sqlstate = exc.sqlstate or ""
+    return (conn is not None and conn.broken) or sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -69,9 +76,21 @@ class Store:
         await self.pool.close()
 
     async def _all(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(QUERIES[query], params)
-            return await cursor.fetchall() if cursor.description else []
+        """Run one statement (its own transaction). A connection that turns out broken (the
+        server restarted) is dropped and the statement tried again on the next one, until a
+        fresh one is reached; every statement here is safe to repeat (enqueue by id, outcomes
+        by attempt)."""
+        tries = self.pool.max_size + 1
+        for attempt in range(1, tries + 1):
+            conn = None
+            try:
+                async with self.pool.connection() as conn:
+                    cursor = await conn.execute(QUERIES[query], params)
+                    return await cursor.fetchall() if cursor.description else []
+            except psycopg.OperationalError as exc:
+                if attempt == tries or not _connection_lost(conn, exc):
+                    raise
+        raise AssertionError("unreachable")
 
     async def enqueue(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order."""
@@ -92,20 +111,23 @@ class Store:
             "delay": [timedelta(seconds=j.delay) for j in jobs],
         }
         inserted = {row["id"]: row for row in await self._all("enqueue", params)}
-        existing: dict[tuple[str, str], dict[str, Any]] = {}
         skipped = [j for j in jobs if j.id not in inserted]
         if skipped:
-            rows = await self._all("jobs_by_idempotency_key", {
-                "namespace": [j.namespace for j in skipped],
-                "idempotency_key": [j.idempotency_key for j in skipped],
+            rows = await self._all("jobs_by_id_or_idempotency_key", {
+                "id": [j.id for j in skipped],
+                "namespace": [j.namespace for j in skipped if j.idempotency_key],
+                "idempotency_key": [j.idempotency_key for j in skipped if j.idempotency_key],
             })
-            existing = {(r["namespace"], r["idempotency_key"]): r for r in rows}
+            skipped_ids = {j.id for j in skipped}
+            # Ours, from a first try whose commit went through although its answer was lost.
+            inserted.update((r["id"], r) for r in rows if r["id"] in skipped_ids)
+            by_key = {(r["namespace"], r["idempotency_key"]): r for r in rows}
         results = []
         for job in jobs:
             if job.id in inserted:
                 results.append((inserted[job.id], False))
             else:
-                results.append((existing[(job.namespace, job.idempotency_key)], True))
+                results.append((by_key[(job.namespace, job.idempotency_key)], True))
         return results
 
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ async def test_running_jobs__keep_their_lease_while_the_stream_lives(database_ur
 async def test_sigterm__lets_handlers_finish_within_the_grace_then_releases_the_rest(database_url, db, make_client) -> None:
     sidecar = await start_sidecar(database_url, shutdown_grace=0.5)
     perdure = make_client(address=sidecar.address, worker_concurrency=2)
-    quick_started, slow_started = asyncio.Event(), asyncio.Event()
+    quick_started, stuck_started = asyncio.Event(), asyncio.Event()
     finish_quick = asyncio.Event()
 
     @perdure.durable("quick")
@@ -108,24 +108,40 @@ async def test_sigterm__lets_handlers_finish_within_the_grace_then_releases_the_
         await finish_quick.wait()
         return "finished in the grace period"
 
-    @perdure.durable("stuck", max_attempts=1)
+    @perdure.durable("stuck", max_attempts=2, initial_delay=0.01, jitter=0)
     async def stuck() -> None:
-        slow_started.set()
+        stuck_started.set()
         await asyncio.sleep(3600)
 
     async with perdure:
         quick_job, stuck_job = await quick(), await stuck()
-        await asyncio.wait_for(asyncio.gather(quick_started.wait(), slow_started.wait()), 30)
+        await asyncio.wait_for(asyncio.gather(quick_started.wait(), stuck_started.wait()), 30)
         stopping = asyncio.ensure_future(sidecar.stop())
         while sidecar.dispatcher.accepting:  # shutdown has begun: no new work is taken
             await asyncio.sleep(0.01)
         finish_quick.set()
         await stopping
+    # The quick one was acknowledged and committed; the stuck one is back.
     rows = dict(db.execute("SELECT name, state FROM perdure.jobs").fetchall())
-    # The quick one was acknowledged and committed; the stuck one is back, not dead, even on its last attempt.
     assert rows == {"quick": "success", "stuck": "pending"}
-    assert db.execute("SELECT outcome FROM perdure.attempts WHERE job_id = %s", (stuck_job.id,)).fetchone()[0] == "released"
-    assert quick_job.id
+
+    # The release did not spend one of its two attempts: a new worker that fails it twice kills it.
+    replacement = await start_sidecar(database_url)
+    try:
+        again = make_client(address=replacement.address)
+
+        @again.durable("stuck")
+        async def failing_now() -> None:
+            raise RuntimeError("broken for real")
+
+        async with again:
+            with pytest.raises(JobDeadError):
+                await again.handle(stuck_job.id).result(timeout=30)
+            details = await again.handle(stuck_job.id).details()
+    finally:
+        await replacement.stop()
+    assert [a.outcome for a in details.attempts] == ["released", "failed", "failed"]
+    assert details.attempts[0].error.type == "perdure.Released"
 
 
 async def test_await_job__on_one_sidecar_wakes_when_another_finishes_it(database_url, make_client) -> None:
@@ -181,3 +197,21 @@ async def test_store_queries__all_parse_and_run(database_url) -> None:
         assert await store.renew_leases([], 1.0, "s") == set()
     finally:
         await store.close()
+
+
+async def test_database_connections_cut__sidecar_reconnects_and_loses_nothing(sidecar, make_client, db) -> None:
+    """What a PostgreSQL restart does to a sidecar: every connection, LISTEN included, is cut."""
+    perdure = make_client()
+
+    @perdure.durable("echo")
+    async def echo(value: int) -> int:
+        return value
+
+    async with perdure:
+        assert await (await echo(1)).result(timeout=30) == 1
+        cut = db.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        assert cut >= 2  # the pool and the listener
+        handles = [await echo(n) for n in range(2, 6)]
+        assert [await h.result(timeout=30) for h in handles] == [2, 3, 4, 5]
+    assert db.execute("SELECT count(*) FROM perdure.jobs WHERE state = 'success'").fetchone()[0] == 5
