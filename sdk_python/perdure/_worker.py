@@ -220,10 +220,18 @@ class Worker:
             self._outbox.get_nowait()
 
     async def stop(self, grace: float) -> None:
-        """Finish what runs within `grace` seconds, then hang up (the sidecar puts the rest back)."""
+        """Let running handlers finish within `grace` seconds, then cancel the rest: each is
+        handed back to the sidecar, to run again elsewhere without spending an attempt."""
         self._stopping = True
+        if self.registered.is_set():
+            self._outbox.put_nowait(workers_pb2.WorkerMessage(drain=workers_pb2.Drain()))
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=grace)
+        if self._running:
+            for task in self._running.values():
+                task.cancel()
+            # Their answers ("cancelled") still need the stream and their acknowledgements.
+            await asyncio.wait(list(self._running.values()), timeout=5)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -101,20 +101,20 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     @_invalid_argument_is_status
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CancelJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
-        cancelled = await self.store.cancel_job(job_id, namespace)
-        row = await self._existing(job_id, namespace, context)
-        if cancelled:
-            log.info("job.cancelled", job_id=str(job_id))
-        return jobs_pb2.CancelJobResponse(job=convert.job(row), cancelled=cancelled)
+        row = await self.store.cancel_job(job_id, namespace)
+        if row is None:  # already finished, or not there at all
+            return jobs_pb2.CancelJobResponse(job=convert.job(await self._existing(job_id, namespace, context)))
+        log.info("job.cancelled", job_id=str(job_id))
+        return jobs_pb2.CancelJobResponse(job=convert.job(row), cancelled=True)
 
     @_invalid_argument_is_status
     async def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
-        retried = await self.store.retry_job(job_id, namespace)
-        row = await self._existing(job_id, namespace, context)
-        if not retried:
+        row = await self.store.retry_job(job_id, namespace)
+        if row is None:
+            existing = await self._existing(job_id, namespace, context)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"job {job_id} is {row['state']}; only dead or cancelled jobs can be retried")
+                                f"job {job_id} is {existing['state']}; only dead or cancelled jobs can be retried")
         log.info("job.retried", job_id=str(job_id))
         return jobs_pb2.RetryJobResponse(job=convert.job(row))
 

@@ -67,6 +67,7 @@ class WorkerSession:
     concurrency: int
     outbox: asyncio.Queue[workers_pb2.SidecarMessage | None] = field(default_factory=asyncio.Queue)
     assignments: dict[tuple[uuid.UUID, int], Assignment] = field(default_factory=dict)
+    draining: bool = False  # the worker asked for no more assignments
 
     @property
     def group(self) -> Group:
@@ -74,7 +75,7 @@ class WorkerSession:
 
     @property
     def free_slots(self) -> int:
-        return self.concurrency - len(self.assignments)
+        return 0 if self.draining else self.concurrency - len(self.assignments)
 
     def send(self, message: workers_pb2.SidecarMessage) -> None:
         self.outbox.put_nowait(message)
@@ -136,6 +137,9 @@ class Dispatcher:
             async for message in requests:
                 if message.HasField("outcome"):
                     self._spawn(self._on_outcome(session, message.outcome))
+                elif message.HasField("drain"):
+                    session.draining = True
+                    log.info("worker.draining", worker_id=session.id, holding=len(session.assignments))
                 else:
                     log.warning("worker.unexpected_message", worker_id=session.id,
                                 kind=message.WhichOneof("kind"))
@@ -255,8 +259,10 @@ class Dispatcher:
                            result=data, result_encoding=encoding)
         if kind == "failure":
             return self._failure(assignment, "failed", convert.error_dict(outcome.failure))
-        # A worker that stops a handler on its own (it is shutting down) hands the job back.
-        return self._failure(assignment, "failed", _error("perdure.Cancelled", "the worker cancelled the attempt"))
+        # A worker that stops a handler on its own is shutting down and hands the job back:
+        # it runs again at once, and the attempt does not count.
+        return Outcome(assignment.job_id, assignment.attempt, "released", "released",
+                       error=_error("perdure.Released", "the worker shut down during the attempt and handed it back"))
 
     def _failure(self, assignment: Assignment, attempt_outcome: str, error: dict[str, Any],
                  retry_after: float | None = None) -> Outcome:

@@ -145,12 +145,12 @@ WITH cancelled AS (
     UPDATE perdure.jobs
     SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('pending', 'running', 'suspended')
-    RETURNING id, attempt
+    RETURNING {job_columns}
 ), history AS (
     UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'cancelled'
     FROM cancelled c WHERE h.job_id = c.id AND h.number = c.attempt AND h.outcome = 'running'
 )
-SELECT id FROM cancelled
+SELECT * FROM cancelled
 
 -- retry_job --
 -- Send a dead or cancelled job back to pending with a fresh set of attempts.
@@ -158,11 +158,7 @@ UPDATE perdure.jobs
 SET state = 'pending', uncounted_attempts = attempt, run_at = now(), finished_at = NULL, result = NULL,
     result_encoding = NULL
 WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('dead', 'cancelled')
-RETURNING id
-
--- job_state --
--- Whether a job exists in a namespace, and its state.
-SELECT state FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+RETURNING {job_columns}
 
 -- next_run_at --
 -- How long until the next pending job of these functions becomes runnable (null: none waits).

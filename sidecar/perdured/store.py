@@ -174,11 +174,15 @@ class Store:
     async def reclaim_expired(self, limit: int, error: dict[str, Any]) -> list[dict[str, Any]]:
         return await self._all("reclaim_expired", {"limit": limit, "error": json.dumps(error)})
 
-    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> bool:
-        return bool(await self._all("cancel_job", {"id": job_id, "namespace": namespace}))
+    async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
+        """The job as cancelled, or None if it had finished (or does not exist)."""
+        rows = await self._all("cancel_job", {"id": job_id, "namespace": namespace})
+        return rows[0] if rows else None
 
-    async def retry_job(self, job_id: uuid.UUID, namespace: str) -> bool:
-        return bool(await self._all("retry_job", {"id": job_id, "namespace": namespace}))
+    async def retry_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
+        """The job as sent back to pending, or None if it was not dead or cancelled."""
+        rows = await self._all("retry_job", {"id": job_id, "namespace": namespace})
+        return rows[0] if rows else None
 
     async def next_run_in(self, namespace: str, names: list[str]) -> float | None:
         """Seconds until the next pending job of these functions is runnable (negative: already is)."""

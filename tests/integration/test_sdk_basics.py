@@ -217,3 +217,29 @@ async def test_lifecycle_callbacks__see_start_success_error_and_dead(make_client
     assert ("job:start", "ok", 1) in seen and ("job:success", "ok", 1) in seen
     assert ("job:error", "bad", 1) in seen and ("job:error", "bad", 2) in seen
     assert ("job:dead", "bad", 2) in seen and ("job:dead", "bad", 1) not in seen
+
+
+async def test_stop__hands_unfinished_jobs_back_without_spending_an_attempt(make_client) -> None:
+    leaving = make_client(shutdown_grace=0.1)
+    started = asyncio.Event()
+
+    @leaving.durable("long", max_attempts=2, initial_delay=0.01, jitter=0)
+    async def long() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    async with leaving:
+        handle = await long()
+        await asyncio.wait_for(started.wait(), 30)
+    # Handed back as it stopped: the next worker still has both attempts.
+    staying = make_client()
+
+    @staying.durable("long")
+    async def broken() -> None:
+        raise RuntimeError("still broken")
+
+    async with staying:
+        with pytest.raises(JobDeadError):
+            await staying.handle(handle.id).result(timeout=30)
+        details = await staying.handle(handle.id).details()
+    assert [a.outcome for a in details.attempts] == ["released", "failed", "failed"]
