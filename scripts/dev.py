@@ -21,7 +21,7 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
 
 def set_up() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script is what tells users so
         sys.exit(f"Perdure needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating {VENV.relative_to(ROOT)}", flush=True)

@@ -93,7 +93,7 @@ class Perdure:
         if self._sidecar is not None:
             await self._sidecar.stop()
 
-    async def __aenter__(self) -> "Perdure":
+    async def __aenter__(self) -> Perdure:
         await self.start()
         return self
 
@@ -110,7 +110,7 @@ class Perdure:
 
     def durable(self, name: str, *, max_attempts: int | None = None, backoff: str | None = None,
                 initial_delay: float | None = None, max_delay: float | None = None,
-                timeout: float | None = None, jitter: float | None = None) -> Callable[[F], "DurableFunction"]:
+                timeout: float | None = None, jitter: float | None = None) -> Callable[[F], DurableFunction]:
         """Make a function durable under `name`: calling it enqueues a job and returns a JobHandle."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a durable function needs a non-empty name, got {name!r}")
@@ -201,7 +201,7 @@ class DurableFunction:
     async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
         return await self.client._enqueue(self.name, args, kwargs, self.default_options)
 
-    def options(self, **overrides: Any) -> "_BoundCall":
+    def options(self, **overrides: Any) -> _BoundCall:
         """Per-call options: idempotency_key, delay, and any retry option or timeout."""
         return _BoundCall(self, self.default_options.merged(**overrides))
 

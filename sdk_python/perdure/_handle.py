@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from perdure import _serde
@@ -77,7 +77,7 @@ class JobDetails:
 
 
 def _time(job: Any, field: str) -> datetime | None:
-    return getattr(job, field).ToDatetime(tzinfo=timezone.utc) if job.HasField(field) else None
+    return getattr(job, field).ToDatetime(tzinfo=UTC) if job.HasField(field) else None
 
 
 def _error(job: Any) -> ErrorInfo | None:
@@ -113,7 +113,7 @@ def details_from(job: types_pb2.Job) -> JobDetails:
 class JobHandle:
     """A job enqueued through a sidecar. Cheap to make: `perdure.handle(job_id)`."""
 
-    def __init__(self, client: "Perdure", job_id: str, *, name: str = "", deduplicated: bool = False) -> None:
+    def __init__(self, client: Perdure, job_id: str, *, name: str = "", deduplicated: bool = False) -> None:
         self._client = client
         self.id = job_id
         self.name = name

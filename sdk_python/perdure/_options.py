@@ -31,7 +31,7 @@ class JobOptions:
     idempotency_key: str | None = None
     delay: float | None = None
 
-    def merged(self, **overrides: Any) -> "JobOptions":
+    def merged(self, **overrides: Any) -> JobOptions:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:

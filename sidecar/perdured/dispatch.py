@@ -46,7 +46,7 @@ class Assignment:
     policy: RetryPolicy
     round_attempt: int  # attempt number counted since the last RetryJob, for the backoff
     timeout: float
-    session: "WorkerSession"
+    session: WorkerSession
     timer: asyncio.TimerHandle | None = None
     # The sidecar ended the attempt itself (timeout, cancel, lost lease, shutdown); only the
     # worker's answer is awaited now, to free the slot.

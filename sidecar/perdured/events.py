@@ -40,7 +40,7 @@ class JobEvent:
         return self.state in ("success", "dead", "cancelled")
 
     @classmethod
-    def parse(cls, text: str) -> "JobEvent":
+    def parse(cls, text: str) -> JobEvent:
         data = json.loads(text)
         return cls(
             kind=data["kind"], job_id=uuid.UUID(data["id"]), namespace=data["namespace"],
@@ -66,7 +66,7 @@ class EventHub:
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
 
-    def job_waiter(self, job_id: uuid.UUID) -> "JobWaiter":
+    def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
 
     async def run(self) -> None:

@@ -26,11 +26,12 @@ JOB_COLUMNS = (
 TERMINAL_STATES = frozenset({"success", "dead", "cancelled"})
 
 
-def load_queries(path: Path = Path(__file__).with_name("queries.sql")) -> dict[str, str]:
+def load_queries(path: Path | None = None) -> dict[str, str]:
     """Split queries.sql into {name: sql} on its `-- name --` headers."""
     queries: dict[str, str] = {}
-    parts = re.split(r"^-- ([a-z_]+) --$", path.read_text(), flags=re.MULTILINE)
-    for name, body in zip(parts[1::2], parts[2::2]):
+    text = (path or Path(__file__).with_name("queries.sql")).read_text()
+    parts = re.split(r"^-- ([a-z_]+) --$", text, flags=re.MULTILINE)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         queries[name] = body.strip().replace("{job_columns}", JOB_COLUMNS)
     return queries
 
@@ -64,7 +65,7 @@ class Store:
         self.pool = pool
 
     @classmethod
-    async def open(cls, url: str, max_size: int = 10) -> "Store":
+    async def open(cls, url: str, max_size: int = 10) -> Store:
         pool = AsyncConnectionPool(
             url, min_size=min(2, max_size), max_size=max_size, open=False,
             kwargs={"autocommit": True, "row_factory": dict_row},
