@@ -1,0 +1,227 @@
+"""The failure model, proved with real processes: perdured sidecars and application processes
+(tests/e2e/app.py) that are killed with SIGKILL, hang, or crash their own process.
+
+The test follows the other processes through files they write and through the job's status
+and attempt history read back with the SDK; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perdure import JobDeadError, JobDetails, JobHandle, Perdure
+
+POLL = 0.05  # seconds between looks at a file or a job
+WAIT = 15.0  # the most any single step of a test may take
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
+    """Poll `check` (plain or async) until it returns something truthy, and return that."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(POLL)
+
+
+async def file_appears(path: Path) -> None:
+    await eventually(path.exists, f"{path.name} to appear")
+
+
+async def details_when(handle: JobHandle, condition: Callable[[JobDetails], bool], what: str) -> JobDetails:
+    async def check() -> JobDetails | None:
+        details = await handle.details()
+        return details if condition(details) else None
+
+    return await eventually(check, what)
+
+
+def words(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def outcomes(details: JobDetails) -> list[str]:
+    return [attempt.outcome for attempt in details.attempts]
+
+
+async def test_app_killed__its_job_is_put_back_at_once_and_completes_on_another_worker(perdured, app, shared_dir) -> None:
+    # The default lease (30 s) is far longer than this test may wait: only the dropped stream
+    # can bring the job back in time.
+    sidecar = perdured()
+    doomed = await app(sidecar.address, "e2e:hold")
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:hold", "job-1")
+        await file_appears(shared_dir / f"started-job-1-{doomed.pid}")
+        doomed.kill()
+
+        # Back to pending with nobody else connected: the sidecar did it on its own.
+        lost = await details_when(handle, lambda d: d.status == "pending", "the job to be put back")
+        assert outcomes(lost) == ["worker_lost"]
+        assert lost.attempts[0].error is not None and lost.attempts[0].error.type == "perdure.WorkerLost"
+
+        (shared_dir / "release-job-1").touch()
+        successor = await app(sidecar.address, "e2e:hold")
+        assert await handle.result(timeout=WAIT) == {"token": "job-1", "pid": successor.pid}
+        details = await handle.details()
+
+    assert details.status == "success"
+    assert details.attempt == 2
+    assert outcomes(details) == ["worker_lost", "succeeded"]
+    assert details.attempts[0].worker_id != details.attempts[1].worker_id
+    assert [(e.event, e.attempt) for e in doomed.journal()] == [("start", 1)]
+    assert [(e.event, e.attempt) for e in successor.journal()] == [("start", 2)]
+
+
+async def test_sidecar_killed__another_sidecar_reclaims_the_job_when_its_lease_expires(perdured, app, shared_dir) -> None:
+    doomed = perdured("--lease", "1")
+    survivor = perdured("--lease", "1")
+    stranded = await app(doomed.address, "e2e:hold")
+    async with Perdure(address=survivor.address) as client:
+        handle = await client.enqueue("e2e:hold", "job-2")
+        await file_appears(shared_dir / f"started-job-2-{stranded.pid}")
+        doomed.kill()
+
+        # Nobody renews the lease any more; the survivor's reaper puts the job back.
+        reclaimed = await details_when(handle, lambda d: d.status == "pending", "the expired lease to be reclaimed")
+        assert outcomes(reclaimed)[-1] == "lease_expired"
+        assert reclaimed.attempts[-1].error is not None
+        assert reclaimed.attempts[-1].error.type == "perdure.LeaseExpired"
+
+        (shared_dir / "release-job-2").touch()
+        rescuer = await app(survivor.address, "e2e:hold")
+        assert await handle.result(timeout=WAIT) == {"token": "job-2", "pid": rescuer.pid}
+        details = await handle.details()
+
+    assert details.status == "success"
+    assert outcomes(details)[0] == "lease_expired"
+    assert outcomes(details)[-1] == "succeeded"
+    assert details.attempts[0].sidecar_id != details.attempts[-1].sidecar_id
+    assert [e.name for e in rescuer.journal()] == ["e2e:hold"]
+
+
+async def test_poison_job__that_kills_its_worker_every_time_ends_dead(perdured, app, shared_dir) -> None:
+    max_attempts = 3
+    sidecar = perdured()
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:poison", "job-3", max_attempts=max_attempts)
+        victims = []
+        # Bounded: one round more than the attempts allow, which a looping job would use.
+        for _ in range(max_attempts + 1):
+            details = await details_when(handle, lambda d: d.status != "running", "the lost attempt to be recorded")
+            if details.status != "pending":
+                break
+            victim = await app(sidecar.address, "e2e:poison", wait_ready=False)
+            assert await victim.exited(timeout=WAIT) == -signal.SIGKILL
+            victims.append(victim)
+
+        assert details.status == "dead"
+        assert len(victims) == max_attempts
+        assert details.attempt == max_attempts
+        assert outcomes(details) == ["worker_lost"] * max_attempts
+        assert details.error is not None and details.error.type == "perdure.WorkerLost"
+        assert [[e.attempt for e in v.journal()] for v in victims] == [[1], [2], [3]]
+        with pytest.raises(JobDeadError) as caught:
+            await handle.result(timeout=WAIT)
+        assert caught.value.attempts == max_attempts
+
+        # A new process serving the same name stays up: the dead job is not handed out again.
+        survivor = await app(sidecar.address, "e2e:poison", "e2e:echo")
+        assert await (await client.enqueue("e2e:echo", "after")).result(timeout=WAIT) == {
+            "value": "after", "pid": survivor.pid}
+        assert survivor.process.poll() is None
+        assert [e.name for e in survivor.journal()] == ["e2e:echo"]
+        assert (await handle.details()).attempt == max_attempts
+
+
+async def test_attempt_timeout__hanging_handler_is_cancelled_and_retried(perdured, app, shared_dir) -> None:
+    sidecar = perdured()
+    worker = await app(sidecar.address, "e2e:hang_once")
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:hang_once", "job-4", timeout=1.0, max_attempts=3, initial_delay=0.05)
+        assert await handle.result(timeout=WAIT) == {"token": "job-4", "pid": worker.pid}
+        details = await handle.details()
+
+    assert outcomes(details) == ["timed_out", "succeeded"]
+    first = details.attempts[0]
+    assert first.error is not None and first.error.type == "perdure.Timeout"
+    # The sidecar told the worker to stop the hung handler, it did not just stop waiting for it.
+    cancelled = shared_dir / "cancelled-job-4"
+    await file_appears(cancelled)
+    assert words(cancelled) == [str(worker.pid)]
+
+
+async def test_attempt_timeout__handler_that_always_hangs_ends_dead(perdured, app, shared_dir) -> None:
+    sidecar = perdured()
+    worker = await app(sidecar.address, "e2e:hang_always")
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:hang_always", "job-5", timeout=0.5, max_attempts=2, initial_delay=0.05)
+        with pytest.raises(JobDeadError) as caught:
+            await handle.result(timeout=WAIT)
+        details = await handle.details()
+
+    assert caught.value.attempts == 2
+    assert caught.value.error_type == "perdure.Timeout"
+    assert details.status == "dead"
+    assert outcomes(details) == ["timed_out", "timed_out"]
+    cancelled = shared_dir / "cancelled-job-5"
+    await eventually(lambda: len(words(cancelled)) == 2, "both hung attempts to be cancelled on the worker")
+    assert words(cancelled) == [str(worker.pid)] * 2
+
+
+async def test_await_result__through_another_sidecar_is_woken_by_the_notification(perdured, app, shared_dir) -> None:
+    runner = perdured()
+    caller = perdured()
+    worker = await app(runner.address, "e2e:hold")
+    async with Perdure(address=caller.address) as client:
+        handle = await client.enqueue("e2e:hold", "job-6")
+        await file_appears(shared_dir / f"started-job-6-{worker.pid}")
+        # Without a timeout, result() asks the caller's sidecar to wait a full minute. That
+        # sidecar runs no worker: only PostgreSQL's notification can wake it within WAIT.
+        waiting = asyncio.create_task(asyncio.wait_for(handle.result(), WAIT))
+        with pytest.raises(TimeoutError):  # a shorter await there: the job is still in flight
+            await handle.result(timeout=0.2)
+        assert not waiting.done()
+
+        (shared_dir / "release-job-6").touch()
+        assert await waiting == {"token": "job-6", "pid": worker.pid}
+        assert await handle.status() == "success"
+
+
+async def test_claim__a_worker_never_receives_jobs_of_names_it_did_not_register(perdured, app, shared_dir) -> None:
+    sidecar = perdured()
+    elsewhere = perdured()
+    # Idle workers with free slots, on the same sidecar as the right worker and on another.
+    bystanders = [await app(sidecar.address, "e2e:other", concurrency=4),
+                  await app(elsewhere.address, "e2e:other", concurrency=4)]
+    async with Perdure(address=sidecar.address) as client:
+        # Queued before any worker serves them, while the bystanders wait for work.
+        echo_jobs = [await client.enqueue("e2e:echo", n) for n in range(8)]
+        other_jobs = [await client.enqueue("e2e:other", n) for n in range(8)]
+        other_results = [await h.result(timeout=WAIT) for h in other_jobs]
+        assert {r["pid"] for r in other_results} <= {b.pid for b in bystanders}
+        # The bystanders were awake and had room, yet the echo jobs waited for their own worker.
+        assert all(d.status == "pending" and d.attempt == 0 for d in [await h.details() for h in echo_jobs])
+
+        worker = await app(sidecar.address, "e2e:echo", concurrency=4)
+        echo_results = [await h.result(timeout=WAIT) for h in echo_jobs]
+        echo_details = [await h.details() for h in echo_jobs]
+
+    assert echo_results == [{"value": n, "pid": worker.pid} for n in range(8)]
+    assert all(outcomes(d) == ["succeeded"] for d in echo_details)
+    assert {e.name for e in worker.journal()} == {"e2e:echo"}
+    received = [e for b in bystanders for e in b.journal()]
+    assert {e.name for e in received} == {"e2e:other"}
+    assert len(received) == len(other_jobs)
