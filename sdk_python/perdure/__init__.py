@@ -26,7 +26,7 @@ from perdure._errors import (
 )
 from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle
 from perdure._options import JobOptions
-from perdure._worker import CurrentJob, JobEvent
+from perdure._worker import CurrentJob, JobEvent, current_job
 
 __version__ = "0.1.0"
 
@@ -50,4 +50,5 @@ __all__ = [
     "PerdureError",
     "SidecarUnavailableError",
     "__version__",
+    "current_job",
 ]

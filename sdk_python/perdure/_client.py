@@ -150,7 +150,7 @@ class Perdure:
 
     async def _enqueue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                        options: JobOptions) -> JobHandle:
-        parent = current_job.get()
+        parent = current_job()
         request = options.request(namespace=self.namespace, name=name,
                                   payload=_serde.encode_call(name, args, kwargs),
                                   parent_id=parent.id if parent else None)

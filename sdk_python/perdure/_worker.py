@@ -35,7 +35,12 @@ class CurrentJob:
     namespace: str
 
 
-current_job: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar("perdure_current_job", default=None)
+_current_job: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar("perdure_current_job", default=None)
+
+
+def current_job() -> CurrentJob | None:
+    """The job the calling handler runs for (id, name, attempt, ...), or None outside a handler."""
+    return _current_job.get()
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Worker:
         self._emit = emit
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perdure-handler")
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[tuple[str, int], int] = {}
         self._acks: dict[tuple[str, int], asyncio.Future[workers_pb2.OutcomeAck]] = {}
         self._outbox: asyncio.Queue[workers_pb2.WorkerMessage] = asyncio.Queue()
         self._stopping = False
@@ -109,8 +115,10 @@ class Worker:
                 elif kind == "assignment":
                     self._start(message.assignment)
                 elif kind == "cancel":
-                    task = self._running.get((message.cancel.job_id, message.cancel.attempt))
+                    key = (message.cancel.job_id, message.cancel.attempt)
+                    task = self._running.get(key)
                     if task is not None:
+                        self._cancel_reasons[key] = message.cancel.reason
                         task.cancel()
                 elif kind == "ack":
                     future = self._acks.pop((message.ack.job_id, message.ack.attempt), None)
@@ -153,6 +161,9 @@ class Worker:
                 raise NonRetryableError(f"the result of {job.name!r} is not JSON-serialisable: {exc}") from None
         except asyncio.CancelledError:
             outcome.cancelled.SetInParent()
+            if self._cancel_reasons.pop((job.id, job.attempt), None) == workers_pb2.CANCEL_REASON_TIMEOUT:
+                # The sidecar failed this attempt for its timeout: that is this process's error too.
+                error = ErrorInfo(type="perdure.Timeout", message="the attempt exceeded its timeout")
         except BaseException as exc:  # everything a handler raises is the attempt's error
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -165,7 +176,7 @@ class Worker:
                 type=error.type, message=error.message, traceback=error.traceback,
                 non_retryable=error.non_retryable))
         ack = await self._send(outcome)
-        if ack is None or not ack.recorded:
+        if ack is None or (not ack.recorded and error is None):
             return
         state = STATES.get(ack.state, "")
         if outcome.HasField("success"):
@@ -178,7 +189,7 @@ class Worker:
 
     async def _invoke(self, handler: Callable[..., Any], job: CurrentJob, args: list[Any],
                       kwargs: dict[str, Any]) -> Any:
-        token = current_job.set(job)
+        token = _current_job.set(job)
         try:
             if inspect.iscoroutinefunction(handler):
                 return await handler(*args, **kwargs)
@@ -193,7 +204,7 @@ class Worker:
                 await asyncio.wait([future])
                 raise
         finally:
-            current_job.reset(token)
+            _current_job.reset(token)
 
     async def _send(self, outcome: workers_pb2.Outcome) -> workers_pb2.OutcomeAck | None:
         """Send an outcome and wait for the sidecar to say it is committed (None if the stream drops)."""

@@ -53,6 +53,9 @@ class Assignment:
     ended: bool = False
     # The worker's outcome is being committed.
     finishing: bool = False
+    # When the sidecar ended the attempt itself: the recording, and the job's state after it.
+    end_task: asyncio.Task[None] | None = None
+    end_state: str | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
@@ -225,9 +228,14 @@ class Dispatcher:
         assignment = session.assignments.get(key)
         if assignment is None or assignment.ended or assignment.finishing:
             # Too late (the sidecar already ended this attempt) or unknown: nothing to record.
+            end_state = None
             if assignment is not None and not assignment.finishing:
+                if assignment.end_task is not None:  # let the ack carry what became of the job
+                    await asyncio.wait([assignment.end_task])
                 self._release_slot(assignment)
-            session.send(_ack(outcome, recorded=False))
+                end_state = assignment.end_state
+            # The state tells the worker what became of the job (e.g. dead after a timeout).
+            session.send(_ack(outcome, recorded=False, state=end_state))
             return
         assignment.finishing = True
         if assignment.timer:
@@ -278,7 +286,7 @@ class Dispatcher:
         assignment.session.send(_cancel(assignment, workers_pb2.CANCEL_REASON_TIMEOUT))
         message = f"attempt {assignment.attempt} exceeded its timeout of {assignment.timeout:g} s"
         log.info("job.timed_out", job_id=str(assignment.job_id), attempt=assignment.attempt)
-        self._spawn(self._record_ended(assignment, "timed_out", _error("perdure.Timeout", message)))
+        assignment.end_task = self._spawn(self._record_ended(assignment, "timed_out", _error("perdure.Timeout", message)))
 
     def on_event(self, event: JobEvent) -> None:
         """A job we run was cancelled (perhaps through another sidecar): stop its handler."""
@@ -307,6 +315,7 @@ class Dispatcher:
             log.error("job.end_not_recorded", job_id=str(assignment.job_id), attempt=assignment.attempt,
                       outcome=attempt_outcome, error=str(exc))
             return
+        assignment.end_state = state
         log.info(f"job.{attempt_outcome}", job_id=str(assignment.job_id), attempt=assignment.attempt, state=state)
 
     async def _finish_batch(self, records: list[Outcome]) -> list[str | None]:
@@ -371,10 +380,11 @@ class Dispatcher:
         if left:
             log.info("sidecar.jobs_released", count=len(left))
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)

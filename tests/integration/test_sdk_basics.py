@@ -243,3 +243,40 @@ async def test_stop__hands_unfinished_jobs_back_without_spending_an_attempt(make
             await staying.handle(handle.id).result(timeout=30)
         details = await staying.handle(handle.id).details()
     assert [a.outcome for a in details.attempts] == ["released", "failed", "failed"]
+
+
+async def test_timed_out_attempts__fire_error_then_dead_callbacks_in_the_worker(make_client) -> None:
+    perdure = make_client()
+    seen: list[tuple[str, str, int]] = []
+    dead = asyncio.Event()
+    perdure.on("job:error", lambda info: seen.append(("error", info.error.type, info.attempt)))
+    perdure.on("job:dead", lambda info: (seen.append(("dead", info.error.type, info.attempt)), dead.set()))
+
+    @perdure.durable("hangs", timeout=0.2, max_attempts=2, initial_delay=0.01, jitter=0)
+    async def hangs() -> None:
+        await asyncio.sleep(3600)
+
+    async with perdure:
+        with pytest.raises(JobDeadError) as caught:
+            await (await hangs()).result(timeout=30)
+        await asyncio.wait_for(dead.wait(), 30)
+    assert caught.value.error_type == "perdure.Timeout"
+    assert seen == [("error", "perdure.Timeout", 1), ("error", "perdure.Timeout", 2), ("dead", "perdure.Timeout", 2)]
+
+
+async def test_current_job__tells_a_handler_which_job_and_attempt_it_runs(make_client) -> None:
+    import perdure as sdk
+
+    perdure = make_client()
+
+    @perdure.durable("whoami", max_attempts=2, initial_delay=0.01)
+    async def whoami() -> dict:
+        job = sdk.current_job()
+        if job.attempt == 1:
+            raise RuntimeError("once more")
+        return {"id": job.id, "name": job.name, "attempt": job.attempt}
+
+    async with perdure:
+        handle = await whoami()
+        assert await handle.result(timeout=30) == {"id": handle.id, "name": "whoami", "attempt": 2}
+    assert sdk.current_job() is None

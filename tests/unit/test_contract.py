@@ -22,5 +22,5 @@ def test_public_api__is_pinned() -> None:
         "AttemptRecord", "CurrentJob", "DurableFunction", "ErrorInfo", "InvalidArgumentError",
         "JobCancelledError", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
         "JobNotFoundError", "JobOptions", "NonRetryableError", "NotStartedError", "Perdure", "PerdureError",
-        "SidecarUnavailableError", "__version__",
+        "SidecarUnavailableError", "__version__", "current_job",
     ]

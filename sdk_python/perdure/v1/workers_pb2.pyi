@@ -355,7 +355,9 @@ class OutcomeAck(_message.Message):
     the answer changed nothing.
     """
     state: _types_pb2.JobState.ValueType
-    """The job's state after the outcome, e.g. PENDING for a retry or DEAD."""
+    """The job's state after the outcome, e.g. PENDING for a retry or DEAD. When `recorded`
+    is false because the sidecar ended the attempt itself (a timeout), the state that left.
+    """
     def __init__(
         self,
         *,
