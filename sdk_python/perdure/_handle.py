@@ -144,13 +144,14 @@ class JobHandle:
     def _outcome(self, job: types_pb2.Job) -> Any:
         if job.state == types_pb2.JOB_STATE_SUCCESS:
             return _serde.decode_result(job.result)
-        info = dict(job_id=job.id, attempts=job.attempt, error_type=job.error.type,
-                    error_message=job.error.message, traceback=job.error.traceback)
-        if job.state == types_pb2.JOB_STATE_CANCELLED:
-            raise JobCancelledError(f"job {job.id} ({job.name}) was cancelled", **info)
-        raise JobDeadError(
-            f"job {job.id} ({job.name}) is dead after {job.attempt} attempt(s): "
-            f"{job.error.type}: {job.error.message}", **info)
+        kind, message = (
+            (JobCancelledError, f"job {job.id} ({job.name}) was cancelled")
+            if job.state == types_pb2.JOB_STATE_CANCELLED
+            else (JobDeadError, f"job {job.id} ({job.name}) is dead after {job.attempt} attempt(s): "
+                                f"{job.error.type}: {job.error.message}")
+        )
+        raise kind(message, job_id=job.id, attempts=job.attempt, error_type=job.error.type,
+                   error_message=job.error.message, traceback=job.error.traceback)
 
     async def status(self) -> str:
         """pending, running, suspended, success, dead or cancelled."""

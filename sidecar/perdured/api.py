@@ -16,6 +16,7 @@ from perdured.batcher import Batcher
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
 from perdured.logs import log
+from perdured.rpc import abort
 from perdured.store import TERMINAL_STATES, Store
 from perdured.validation import InvalidArgument, NewJob
 
@@ -34,7 +35,7 @@ def _invalid_argument_is_status(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     wrapper.__name__ = method.__name__
     return wrapper  # type: ignore[return-value]
@@ -113,13 +114,13 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         row = await self.store.retry_job(job_id, namespace)
         if row is None:
             existing = await self._existing(job_id, namespace, context)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                                 f"job {job_id} is {existing['state']}; only dead or cancelled jobs can be retried")
         log.info("job.retried", job_id=str(job_id))
         return jobs_pb2.RetryJobResponse(job=convert.job(row))
 
     @_invalid_argument_is_status
-    async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.JobEvent]:
+    async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
         namespace = validation.namespace(request.namespace)
         name = validation.function_name(request.name) if request.name else None
         job_id = validation.job_id(request.job_id, "job_id") if request.job_id else None
@@ -142,14 +143,14 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         finally:
             with contextlib.suppress(ValueError):  # already unsubscribed after falling behind
                 unsubscribe()
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+        await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the watcher fell more than {WATCH_BUFFER} events behind; watch again")
 
     async def _existing(self, job_id: uuid.UUID, namespace: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         row = await self.store.get_job(job_id, namespace)
         if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id} in namespace {namespace!r}")
-        return row  # type: ignore[return-value]
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id} in namespace {namespace!r}")
+        return row
 
 
 class WorkersService(workers_pb2_grpc.WorkersServicer):

@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _positive_int(text: str) -> int:
 
 
 # (flag, environment variable, type, help). The default comes from Settings.
-_OPTIONS: list[tuple[str, str, object, str]] = [
+_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--database-url", "PERDURE_DATABASE_URL", str,
      "PostgreSQL URL (postgres:// or postgresql://). Unset: an embedded PostgreSQL in --data-dir."),
     ("--listen", "PERDURE_LISTEN", str, "gRPC address to serve on (host:port; port 0 picks one)."),

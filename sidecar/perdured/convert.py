@@ -126,5 +126,5 @@ def event(value: JobEvent) -> jobs_pb2.JobEvent:
     if value.error_type is not None:
         message.error.CopyFrom(types_pb2.JobError(type=value.error_type, message=value.error_message or ""))
     if value.kind in ("enqueued", "attempt_failed", "retried"):
-        message.run_at.CopyFrom(timestamp(value.at + value.run_in))
+        message.run_at.FromNanoseconds(int((value.at + value.run_in) * 1e9))
     return message

@@ -27,6 +27,7 @@ from perdured.backoff import RetryPolicy, retry_delay
 from perdured.batcher import Batcher
 from perdured.events import JobEvent
 from perdured.logs import log
+from perdured.rpc import abort
 from perdured.store import Outcome, Store
 
 Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
@@ -120,13 +121,13 @@ class Dispatcher:
                         context: grpc.aio.ServicerContext) -> WorkerSession:
         first = await anext(aiter(requests), None)
         if first is None or not first.HasField("register"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "register: the first message must be a Register")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "register: the first message must be a Register")
         if not self.accepting:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
         try:
             namespace, names, concurrency = validation.registration(first.register)
         except validation.InvalidArgument as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         label = first.register.worker_name or f"{socket.gethostname()}"
         worker_id = f"{label}@{self.sidecar_id}#{next(self._serial)}"
         session = WorkerSession(worker_id, namespace, names, concurrency)

@@ -128,7 +128,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watchers = [asyncio.create_task(stop.wait())]
+    watchers: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
     if settings.exit_with_stdin:
         watchers.append(asyncio.create_task(_stdin_closed()))
     await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)

@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -87,7 +87,7 @@ class Store:
             try:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(QUERIES[query], params)
-                    return await cursor.fetchall() if cursor.description else []
+                    return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
             except psycopg.OperationalError as exc:
                 if attempt == tries or not _connection_lost(conn, exc):
                     raise

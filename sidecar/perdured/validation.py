@@ -147,7 +147,7 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
 def job_states(values: list[int], field: str = "states") -> list[str]:
     names = []
     for value in values:
-        name = STATE_NAMES.get(value)
+        name = STATE_NAMES.get(value)  # type: ignore[call-overload]
         if name is None:
             raise InvalidArgument(field, f"unknown job state {value}")
         names.append(name)
