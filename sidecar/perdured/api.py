@@ -88,11 +88,11 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         # Listen first, then read: a job that finishes in between still wakes us.
         with self.events.job_waiter(job_id) as finished:
             while True:
+                finished.clear()  # before the read: a notice that lands during it is kept
                 row = await self._existing(job_id, namespace, context)
                 remaining = deadline - asyncio.get_running_loop().time()
                 if row["state"] in TERMINAL_STATES or remaining <= 0:
                     break
-                finished.clear()
                 try:
                     await asyncio.wait_for(finished.wait(), remaining)
                 except TimeoutError:
