@@ -97,6 +97,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                     await asyncio.wait_for(finished.wait(), remaining)
                 except TimeoutError:
                     pass
+                if finished.row is not None:  # finished on this sidecar: no need to read it back
+                    row = finished.row
+                    break
         return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=row["state"] in TERMINAL_STATES)
 
     @_invalid_argument_is_status

@@ -28,7 +28,7 @@ from perdured.batcher import Batcher
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.rpc import abort
-from perdured.store import Outcome, Store
+from perdured.store import TERMINAL_STATES, Outcome, Store
 
 Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
 
@@ -100,6 +100,9 @@ class Dispatcher:
         # Set by the scheduler: a worker has new free slots; a worker registered.
         self.on_capacity: Callable[[Group], None] = lambda group: None
         self.on_worker_joined: Callable[[Group], None] = lambda group: None
+        # Set by the sidecar: a job finished here (committed); local awaiters need not wait for
+        # the notification's round trip through the database.
+        self.on_finished: Callable[[dict[str, Any]], None] = lambda row: None
 
     # -- the Work stream ------------------------------------------------------------------
 
@@ -320,8 +323,11 @@ class Dispatcher:
         log.info(f"job.{attempt_outcome}", job_id=str(assignment.job_id), attempt=assignment.attempt, state=state)
 
     async def _finish_batch(self, records: list[Outcome]) -> list[str | None]:
-        states = await self.store.finish(records)
-        return [states.get((r.job_id, r.attempt)) for r in records]
+        rows = await self.store.finish(records)
+        for row in rows.values():
+            if row["state"] in TERMINAL_STATES:
+                self.on_finished(row)
+        return [rows[key]["state"] if (key := (r.job_id, r.attempt)) in rows else None for r in records]
 
     def _release_slot(self, assignment: Assignment) -> None:
         session = assignment.session

@@ -14,6 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -55,7 +56,7 @@ class EventHub:
         self._url = url
         self._subscribers: list[Callable[[JobEvent], None]] = []
         self._reconnect_callbacks: list[Callable[[], None]] = []
-        self._job_waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
         self.ready = asyncio.Event()
 
     def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
@@ -68,6 +69,12 @@ class EventHub:
 
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
+
+    def job_finished(self, row: dict[str, Any]) -> None:
+        """A job finished on this sidecar (committed): wake its awaiters with the row itself."""
+        for waiter in self._job_waiters.get(row["id"], ()):
+            waiter.row = row
+            waiter.set()
 
     async def run(self) -> None:
         delay = 0.1
@@ -115,19 +122,25 @@ class EventHub:
             callback()
 
 
+class Wakeup(asyncio.Event):
+    """Set when a job may have finished; `row` holds it when this sidecar finished it."""
+
+    row: dict[str, Any] | None = None
+
+
 class JobWaiter:
     """Registered before the job is read, so that no terminal event can slip between."""
 
-    def __init__(self, registry: dict[uuid.UUID, set[asyncio.Event]], job_id: uuid.UUID) -> None:
+    def __init__(self, registry: dict[uuid.UUID, set[Wakeup]], job_id: uuid.UUID) -> None:
         self._registry, self._job_id = registry, job_id
-        self.event = asyncio.Event()
+        self.wakeup = Wakeup()
 
-    def __enter__(self) -> asyncio.Event:
-        self._registry[self._job_id].add(self.event)
-        return self.event
+    def __enter__(self) -> Wakeup:
+        self._registry[self._job_id].add(self.wakeup)
+        return self.wakeup
 
     def __exit__(self, *exc: object) -> None:
         waiters = self._registry[self._job_id]
-        waiters.discard(self.event)
+        waiters.discard(self.wakeup)
         if not waiters:
             del self._registry[self._job_id]

@@ -100,14 +100,14 @@ WITH outcome AS (
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM decided d
     WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running'
-    RETURNING j.id, j.attempt, j.state
+    RETURNING {finished_job_columns}
 ), history AS (
     UPDATE perdure.attempts AS h
     SET ended_at = now(), outcome = o.attempt_outcome, error = o.error
     FROM finished f JOIN outcome o ON o.id = f.id
     WHERE h.job_id = f.id AND h.number = f.attempt
 )
-SELECT id, attempt, state FROM finished
+SELECT * FROM finished
 
 -- renew_leases --
 -- Extend the leases of all jobs this sidecar runs, in one statement; returns those still ours.

@@ -72,6 +72,7 @@ class Sidecar:
         events.subscribe(scheduler.on_event)
         events.subscribe(dispatcher.on_event)
         events.on_reconnect(scheduler.on_reconnect)
+        dispatcher.on_finished = events.job_finished
         self.dispatcher = dispatcher
         self._tasks += [
             asyncio.create_task(scheduler.run(), name="scheduler"),

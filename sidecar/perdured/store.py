@@ -23,6 +23,9 @@ JOB_COLUMNS = (
     "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at"
 )
 
+# The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
+FINISHED_JOB_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
+
 TERMINAL_STATES = frozenset({"success", "dead", "cancelled"})
 
 
@@ -32,7 +35,8 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     text = (path or Path(__file__).with_name("queries.sql")).read_text()
     parts = re.split(r"^-- ([a-z_]+) --$", text, flags=re.MULTILINE)
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        queries[name] = body.strip().replace("{job_columns}", JOB_COLUMNS)
+        queries[name] = (body.strip().replace("{job_columns}", JOB_COLUMNS)
+                         .replace("{finished_job_columns}", FINISHED_JOB_COLUMNS))
     return queries
 
 
@@ -151,8 +155,9 @@ class Store:
             "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
         })
 
-    async def finish(self, outcomes: list[Outcome]) -> dict[tuple[uuid.UUID, int], str]:
-        """Record outcomes in one statement; returns {(job id, attempt): new state} for those that counted."""
+    async def finish(self, outcomes: list[Outcome]) -> dict[tuple[uuid.UUID, int], dict[str, Any]]:
+        """Record outcomes in one statement; returns {(job id, attempt): the job row after it}
+        for those that counted."""
         rows = await self._all("finish", {
             "id": [o.job_id for o in outcomes],
             "attempt": [o.attempt for o in outcomes],
@@ -164,7 +169,7 @@ class Store:
             "retry_delay": [timedelta(seconds=o.retry_delay) for o in outcomes],
             "attempt_outcome": [o.attempt_outcome for o in outcomes],
         })
-        return {(r["id"], r["attempt"]): r["state"] for r in rows}
+        return {(r["id"], r["attempt"]): r for r in rows}
 
     async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
         rows = await self._all("renew_leases", {
