@@ -48,11 +48,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.max_payload_bytes = max_payload_bytes
         # Group commit: concurrent Enqueue calls share one INSERT and one commit.
         self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(store.enqueue)
+        # Set by the sidecar: (job id, namespace, name, delay) of each job committed here.
+        self.on_enqueued: Callable[[uuid.UUID, str, str, float], None] = lambda *job: None
 
     @_invalid_argument_is_status
     async def Enqueue(self, request: jobs_pb2.EnqueueRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueResponse:
         job = validation.enqueue_request(request, self.max_payload_bytes)
         row, deduplicated = await self._enqueuer.submit(job)
+        if not deduplicated:
+            self.on_enqueued(row["id"], job.namespace, job.name, job.delay)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
         return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
 

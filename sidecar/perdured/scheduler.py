@@ -9,6 +9,7 @@ same functions, exactly as many jobs as they have free slots.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from perdured.dispatch import Dispatcher, Group
 from perdured.events import JobEvent
@@ -17,6 +18,7 @@ from perdured.store import Store
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried"})
+ANNOUNCED_LIMIT = 10_000
 
 
 class Scheduler:
@@ -33,12 +35,29 @@ class Scheduler:
         self._recheck_timers = True
         # Groups whose last claim filled every free slot: more jobs may be waiting for them.
         self._backlog: set[Group] = set()
+        # Jobs enqueued through this sidecar whose notification has not arrived yet (ordered).
+        self._announced: dict[uuid.UUID, None] = {}
         dispatcher.on_capacity = self._on_capacity
         dispatcher.on_worker_joined = self._on_worker_joined
+
+    def on_local_enqueue(self, job_id: uuid.UUID, namespace: str, name: str, delay: float) -> None:
+        """A job was committed through this sidecar: claim now, not after the notification's
+        round trip through the database (which then brings nothing new for it)."""
+        if self.dispatcher.serves(namespace, name) is None:
+            return
+        if delay > 0:
+            self._wake_in(delay)
+            return
+        self._announced[job_id] = None
+        if len(self._announced) > ANNOUNCED_LIMIT:  # notifications lost in a reconnect
+            del self._announced[next(iter(self._announced))]
+        self._wake.set()
 
     def on_event(self, event: JobEvent) -> None:
         if event.kind not in RUNNABLE or self.dispatcher.serves(event.namespace, event.name) is None:
             return
+        if event.kind == "enqueued" and self._announced.pop(event.job_id, False) is None:
+            return  # already acted on when it was enqueued here
         if event.run_in <= 0.001:
             self._wake.set()
         else:
@@ -72,12 +91,16 @@ class Scheduler:
         self._recheck_timers = True  # later run_at values were not kept: look them up again
         self._wake.set()
 
+    def _on_poll(self) -> None:
+        self._recheck_timers = True
+        self._wake.set()
+
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                self._recheck_timers = True  # the safety poll
+            poll = loop.call_later(self.poll_interval, self._on_poll)  # the safety poll
+            await self._wake.wait()
+            poll.cancel()
             self._wake.clear()
             try:
                 await self.claim_round()
