@@ -80,41 +80,46 @@ CREATE TABLE perdure.attempts (
 );
 
 -- One notification per state change. Kinds: enqueued, started, succeeded, attempt_failed,
--- dead, cancelled, retried. The error message is shortened to keep under NOTIFY's 8 kB.
+-- dead, cancelled, retried. A job inserted running (started at once on a worker of the
+-- enqueuing sidecar) is announced as enqueued, then started. The error message is
+-- shortened to keep under NOTIFY's 8 kB.
 CREATE FUNCTION perdure.notify_job_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
+    kinds text[];
     kind text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        kind := 'enqueued';
+        kinds := CASE WHEN NEW.state = 'running' THEN ARRAY['enqueued', 'started'] ELSE ARRAY['enqueued'] END;
     ELSIF NEW.state = 'running' THEN
-        kind := 'started';
+        kinds := ARRAY['started'];
     ELSIF NEW.state = 'success' THEN
-        kind := 'succeeded';
+        kinds := ARRAY['succeeded'];
     ELSIF NEW.state = 'dead' THEN
-        kind := 'dead';
+        kinds := ARRAY['dead'];
     ELSIF NEW.state = 'cancelled' THEN
-        kind := 'cancelled';
+        kinds := ARRAY['cancelled'];
     ELSIF NEW.state = 'pending' AND OLD.state = 'running' THEN
-        kind := 'attempt_failed';
+        kinds := ARRAY['attempt_failed'];
     ELSIF NEW.state = 'pending' AND OLD.state IN ('dead', 'cancelled') THEN
-        kind := 'retried';
+        kinds := ARRAY['retried'];
     ELSE
-        kind := NEW.state;
+        kinds := ARRAY[NEW.state];
     END IF;
-    PERFORM pg_notify('perdure_events', json_build_object(
-        'kind', kind,
-        'id', NEW.id,
-        'namespace', NEW.namespace,
-        'name', NEW.name,
-        'attempt', NEW.attempt,
-        'state', NEW.state,
-        'at', extract(epoch FROM clock_timestamp()),
-        'run_at', extract(epoch FROM NEW.run_at),
-        'error_type', NEW.error ->> 'type',
-        'error_message', left(NEW.error ->> 'message', 2000)
-    )::text);
+    FOREACH kind IN ARRAY kinds LOOP
+        PERFORM pg_notify('perdure_events', json_build_object(
+            'kind', kind,
+            'id', NEW.id,
+            'namespace', NEW.namespace,
+            'name', NEW.name,
+            'attempt', NEW.attempt,
+            'state', NEW.state,
+            'at', extract(epoch FROM clock_timestamp()),
+            'run_at', extract(epoch FROM NEW.run_at),
+            'error_type', NEW.error ->> 'type',
+            'error_message', left(NEW.error ->> 'message', 2000)
+        )::text);
+    END LOOP;
     RETURN NULL;
 END;
 $$;

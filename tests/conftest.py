@@ -98,7 +98,9 @@ def empty_database_url(server_url: str) -> Iterator[str]:
 
 
 async def start_sidecar(database_url: str, **overrides: object) -> Sidecar:
-    options = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, "poll_interval": 2.0, **overrides}
+    # The safety poll is set beyond any wait in the tests: a lost wake-up fails the test
+    # instead of hiding behind the poll.
+    options = {"listen": "127.0.0.1:0", "shutdown_grace": 2.0, "poll_interval": 120.0, **overrides}
     settings = Settings(database_url=database_url, **options)  # type: ignore[arg-type]
     sidecar = Sidecar(settings)
     await sidecar.start()

@@ -12,13 +12,13 @@ import grpc
 
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
-from perdured.batcher import Batcher
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
 from perdured.logs import log
 from perdured.rpc import abort
+from perdured.scheduler import Scheduler
 from perdured.store import TERMINAL_STATES, Store
-from perdured.validation import InvalidArgument, NewJob
+from perdured.validation import InvalidArgument
 
 MAX_AWAIT = 60.0
 DEFAULT_PAGE_SIZE = 100
@@ -42,21 +42,17 @@ def _invalid_argument_is_status(method: Handler) -> Handler:
 
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: Store, events: EventHub, *, max_payload_bytes: int) -> None:
+    def __init__(self, store: Store, events: EventHub, scheduler: Scheduler, *, max_payload_bytes: int) -> None:
         self.store = store
         self.events = events
+        self.scheduler = scheduler
         self.max_payload_bytes = max_payload_bytes
-        # Group commit: concurrent Enqueue calls share one INSERT and one commit.
-        self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(store.enqueue)
-        # Set by the sidecar: (job id, namespace, name, delay) of each job committed here.
-        self.on_enqueued: Callable[[uuid.UUID, str, str, float], None] = lambda *job: None
+
 
     @_invalid_argument_is_status
     async def Enqueue(self, request: jobs_pb2.EnqueueRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueResponse:
         job = validation.enqueue_request(request, self.max_payload_bytes)
-        row, deduplicated = await self._enqueuer.submit(job)
-        if not deduplicated:
-            self.on_enqueued(row["id"], job.namespace, job.name, job.delay)
+        row, deduplicated = await self.scheduler.enqueue(job)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
         return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
 

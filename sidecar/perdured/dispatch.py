@@ -72,6 +72,7 @@ class WorkerSession:
     outbox: asyncio.Queue[workers_pb2.SidecarMessage | None] = field(default_factory=asyncio.Queue)
     assignments: dict[tuple[uuid.UUID, int], Assignment] = field(default_factory=dict)
     draining: bool = False  # the worker asked for no more assignments
+    reserved: int = 0  # slots promised to jobs being inserted straight onto this worker
 
     @property
     def group(self) -> Group:
@@ -79,7 +80,7 @@ class WorkerSession:
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.draining else self.concurrency - len(self.assignments)
+        return 0 if self.draining else self.concurrency - len(self.assignments) - self.reserved
 
     def send(self, message: workers_pb2.SidecarMessage) -> None:
         self.outbox.put_nowait(message)

@@ -4,18 +4,33 @@
 -- enqueue --
 -- Insert new jobs; rows whose idempotency key exists already in their namespace are skipped,
 -- and so are rows whose id exists (a retried statement whose first try did commit).
-INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
-                          max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at)
-SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
-       n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, now() + n.delay
-FROM unnest(%(id)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(payload)s::bytea[],
-            %(payload_encoding)s::text[], %(idempotency_key)s::text[], %(parent_id)s::uuid[],
-            %(max_attempts)s::int[], %(backoff)s::text[], %(initial_delay)s::interval[],
-            %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[])
-     AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
-          max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay)
-ON CONFLICT DO NOTHING
-RETURNING {job_columns}
+-- A job given a worker_id starts at once on that worker of this sidecar (as a claim would).
+WITH inserted AS (
+    INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
+                              max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at,
+                              state, attempt, started_at, lease_expires_at, sidecar_id, worker_id)
+    SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
+           n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, now() + n.delay,
+           CASE WHEN n.worker_id IS NULL THEN 'pending' ELSE 'running' END,
+           (n.worker_id IS NOT NULL)::int,
+           CASE WHEN n.worker_id IS NOT NULL THEN now() END,
+           CASE WHEN n.worker_id IS NOT NULL THEN now() + %(lease)s END,
+           CASE WHEN n.worker_id IS NOT NULL THEN %(sidecar_id)s END,
+           n.worker_id
+    FROM unnest(%(id)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(payload)s::bytea[],
+                %(payload_encoding)s::text[], %(idempotency_key)s::text[], %(parent_id)s::uuid[],
+                %(max_attempts)s::int[], %(backoff)s::text[], %(initial_delay)s::interval[],
+                %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[],
+                %(worker_id)s::text[])
+         AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
+              max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay, worker_id)
+    ON CONFLICT DO NOTHING
+    RETURNING {job_columns}, worker_id
+), history AS (
+    INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
+    SELECT id, 1, %(sidecar_id)s, worker_id FROM inserted WHERE state = 'running'
+)
+SELECT * FROM inserted
 
 -- jobs_by_id_or_idempotency_key --
 -- The existing jobs behind skipped enqueues: by their own id, else by their key.

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
+from typing import Any
 
-from perdured.dispatch import Dispatcher, Group
+from perdured.batcher import Batcher
+from perdured.dispatch import Dispatcher, Group, WorkerSession
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.store import Store
+from perdured.validation import NewJob
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried"})
@@ -33,49 +37,85 @@ class Scheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._recheck_timers = True
-        # Groups whose last claim filled every free slot: more jobs may be waiting for them.
-        self._backlog: set[Group] = set()
+        # Groups for which runnable jobs may be waiting: a job became runnable since their last
+        # claim, or that claim filled every free slot. A claim that comes back short clears it.
+        self._waiting: set[Group] = set()
         # Jobs enqueued through this sidecar whose notification has not arrived yet (ordered).
         self._announced: dict[uuid.UUID, None] = {}
+        # Group commit: concurrent Enqueue calls share one INSERT and one commit.
+        self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(self._insert)
         dispatcher.on_capacity = self._on_capacity
         dispatcher.on_worker_joined = self._on_worker_joined
 
-    def on_local_enqueue(self, job_id: uuid.UUID, namespace: str, name: str, delay: float) -> None:
-        """A job was committed through this sidecar: claim now, not after the notification's
-        round trip through the database (which then brings nothing new for it)."""
-        if self.dispatcher.serves(namespace, name) is None:
-            return
-        if delay > 0:
-            self._wake_in(delay)
-            return
-        self._announced[job_id] = None
-        if len(self._announced) > ANNOUNCED_LIMIT:  # notifications lost in a reconnect
-            del self._announced[next(iter(self._announced))]
-        self._wake.set()
+    async def enqueue(self, job: NewJob) -> tuple[dict[str, Any], bool]:
+        """Store a job (group commit). If a worker of this sidecar serves it, has a free slot and
+        nothing is queued ahead for it, the job starts on that worker in the same statement,
+        skipping a claim; otherwise it is claimed as usual, starting with this sidecar."""
+        worker = self._free_worker(job) if job.delay == 0 else None
+        if worker is not None:
+            worker.reserved += 1
+            job = replace(job, worker_id=worker.id)
+        try:
+            row, deduplicated = await self._enqueuer.submit(job)
+        finally:
+            if worker is not None:
+                worker.reserved -= 1
+        if row["state"] == "running" and row.get("worker_id") == job.worker_id and not deduplicated:
+            self.dispatcher.assign(row)
+        elif not deduplicated and (group := self.dispatcher.serves(job.namespace, job.name)) is not None:
+            if job.delay > 0:
+                self._wake_in(job.delay)
+            else:
+                # Claim now, not after the notification's round trip through the database.
+                self._announced[row["id"]] = None
+                if len(self._announced) > ANNOUNCED_LIMIT:  # notifications lost in a reconnect
+                    del self._announced[next(iter(self._announced))]
+                self._runnable(group)
+        return row, deduplicated
+
+    def _free_worker(self, job: NewJob) -> WorkerSession | None:
+        if not self.dispatcher.accepting:
+            return None
+        for session in self.dispatcher.sessions.values():
+            if session.namespace == job.namespace and job.name in session.names and session.free_slots > 0:
+                # Never ahead of jobs that may be waiting already.
+                return None if session.group in self._waiting else session
+        return None
+
+    async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
+        return await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
 
     def on_event(self, event: JobEvent) -> None:
-        if event.kind not in RUNNABLE or self.dispatcher.serves(event.namespace, event.name) is None:
+        if event.kind not in RUNNABLE or (group := self.dispatcher.serves(event.namespace, event.name)) is None:
             return
-        if event.kind == "enqueued" and self._announced.pop(event.job_id, False) is None:
-            return  # already acted on when it was enqueued here
+        if event.kind == "enqueued" and (event.state != "pending" or self._announced.pop(event.job_id, False) is None):
+            return  # started at once, or already acted on when it was enqueued here
         if event.run_in <= 0.001:
-            self._wake.set()
+            self._runnable(group)
         else:
             self._wake_in(event.run_in)
 
+    def _runnable(self, group: Group) -> None:
+        self._waiting.add(group)
+        self._wake.set()
+
     def on_reconnect(self) -> None:
         """Notifications may have been missed: claim and look at the timers again."""
+        self._look_again()
+
+    def _look_again(self) -> None:
+        """Assume nothing: every group may have jobs waiting, now or at some later run_at."""
+        self._waiting.update(session.group for session in self.dispatcher.sessions.values())
         self._recheck_timers = True
         self._wake.set()
 
     def _on_capacity(self, group: Group) -> None:
-        if group in self._backlog:
+        if group in self._waiting:
             self._wake.set()
 
     def _on_worker_joined(self, group: Group) -> None:
         # Jobs may have piled up before anyone served them, some with a future run_at.
-        self._recheck_timers = True
-        self._wake.set()
+        self._look_again()
 
     def _wake_in(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -88,12 +128,10 @@ class Scheduler:
 
     def _on_timer(self) -> None:
         self._timer, self._timer_at = None, float("inf")
-        self._recheck_timers = True  # later run_at values were not kept: look them up again
-        self._wake.set()
+        self._look_again()  # later run_at values were not kept: look them up again
 
     def _on_poll(self) -> None:
-        self._recheck_timers = True
-        self._wake.set()
+        self._look_again()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,9 +163,9 @@ class Scheduler:
                 self.dispatcher.assign(row)
             claimed += len(rows)
             if len(rows) == len(slots):
-                self._backlog.add(group)
+                self._waiting.add(group)
             else:
-                self._backlog.discard(group)
+                self._waiting.discard(group)
                 if recheck:
                     wait = await self.store.next_run_in(namespace, sorted(names))
                     if wait is not None:

@@ -85,9 +85,8 @@ class Sidecar:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ])
-        jobs = JobsService(store, events, max_payload_bytes=settings.max_payload_bytes)
-        jobs.on_enqueued = scheduler.on_local_enqueue
-        jobs_pb2_grpc.add_JobsServicer_to_server(jobs, server)
+        jobs_pb2_grpc.add_JobsServicer_to_server(
+            JobsService(store, events, scheduler, max_payload_bytes=settings.max_payload_bytes), server)
         workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(dispatcher), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -97,9 +97,13 @@ class Store:
                     raise
         raise AssertionError("unreachable")
 
-    async def enqueue(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
-        """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order."""
+    async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float) -> list[tuple[dict[str, Any], bool]]:
+        """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
+        Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`."""
         params = {
+            "sidecar_id": sidecar_id,
+            "lease": timedelta(seconds=lease),
+            "worker_id": [j.worker_id for j in jobs],
             "id": [j.id for j in jobs],
             "namespace": [j.namespace for j in jobs],
             "name": [j.name for j in jobs],

@@ -53,6 +53,8 @@ class NewJob:
     retry: RetryPolicy
     timeout: float
     delay: float
+    # Set by the scheduler: a worker of this sidecar that starts the job as it is inserted.
+    worker_id: str | None = None
 
 
 def namespace(value: str, field: str = "namespace") -> str:
