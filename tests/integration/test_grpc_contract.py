@@ -316,3 +316,21 @@ async def test_health_and_reflection__work_for_generic_tools(channel) -> None:
     responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name async for r in responses for s in r.list_services_response.service}
     assert {"perdure.v1.Jobs", "perdure.v1.Workers", "grpc.health.v1.Health"} <= names
+
+
+async def test_enqueue_onto_a_free_worker__never_overtakes_waiting_jobs(jobs, channel) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    first = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job
+    assert (await worker.next("assignment")).job_id == first.id  # started in the enqueue itself
+    waiting = [(await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job.id for _ in range(3)]
+    # The slot frees and a new job arrives at once: the waiting ones still go first.
+    await worker.answer(first.id, 1, success=json_payload(None))
+    late = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job.id
+    order = []
+    for _ in range(4):
+        assignment = await worker.next("assignment")
+        order.append(assignment.job_id)
+        await worker.answer(assignment.job_id, assignment.attempt, success=json_payload(None))
+    assert order == [*waiting, late]
+    worker.call.cancel()
