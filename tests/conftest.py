@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio  # noqa: E402
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -76,25 +77,28 @@ def template_database(server_url: str) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-def database_url(server_url: str, template_database: str) -> Iterator[str]:
-    name = f"perdure_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def fresh_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _admin(server_url) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+        admin.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
     yield make_conninfo(server_url, dbname=name)
     with _admin(server_url) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str) -> Iterator[str]:
+    """A fresh database with the Perdure schema, for this test alone."""
+    with fresh_database(server_url, "perdure_test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database_url(server_url: str) -> Iterator[str]:
     """A database without the Perdure schema, for migration tests."""
-    name = f"perdure_empty_{uuid.uuid4().hex[:12]}"
-    with _admin(server_url) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(server_url, dbname=name)
-    with _admin(server_url) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(server_url, "perdure_empty") as url:
+        yield url
 
 
 async def start_sidecar(database_url: str, **overrides: object) -> Sidecar:

@@ -14,14 +14,7 @@ from perdure.v1 import jobs_pb2, types_pb2
 if TYPE_CHECKING:
     from perdure._client import Perdure
 
-STATES = {
-    types_pb2.JOB_STATE_PENDING: "pending",
-    types_pb2.JOB_STATE_RUNNING: "running",
-    types_pb2.JOB_STATE_SUCCESS: "success",
-    types_pb2.JOB_STATE_DEAD: "dead",
-    types_pb2.JOB_STATE_CANCELLED: "cancelled",
-    types_pb2.JOB_STATE_SUSPENDED: "suspended",
-}
+STATES = {value: name.removeprefix("JOB_STATE_").lower() for name, value in types_pb2.JobState.items() if value}
 OUTCOMES = {value: name.removeprefix("ATTEMPT_OUTCOME_").lower()
             for name, value in types_pb2.AttemptOutcome.items()}
 BACKOFFS = {value: name.removeprefix("BACKOFF_").lower() for name, value in types_pb2.Backoff.items()}

@@ -9,16 +9,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from perdure.v1 import jobs_pb2, types_pb2
+from perdured import validation
 from perdured.events import JobEvent
 
-STATES = {
-    "pending": types_pb2.JOB_STATE_PENDING,
-    "running": types_pb2.JOB_STATE_RUNNING,
-    "success": types_pb2.JOB_STATE_SUCCESS,
-    "dead": types_pb2.JOB_STATE_DEAD,
-    "cancelled": types_pb2.JOB_STATE_CANCELLED,
-    "suspended": types_pb2.JOB_STATE_SUSPENDED,
-}
+STATES = {name: value for value, name in validation.STATE_NAMES.items()}
 BACKOFFS = {
     "exponential": types_pb2.BACKOFF_EXPONENTIAL,
     "linear": types_pb2.BACKOFF_LINEAR,

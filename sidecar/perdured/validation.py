@@ -7,7 +7,6 @@ import math
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -166,15 +165,6 @@ def registration(register: workers_pb2.Register) -> tuple[str, frozenset[str], i
     return ns, names, register.concurrency
 
 
-STATE_NAMES = {
-    types_pb2.JOB_STATE_PENDING: "pending",
-    types_pb2.JOB_STATE_RUNNING: "running",
-    types_pb2.JOB_STATE_SUCCESS: "success",
-    types_pb2.JOB_STATE_DEAD: "dead",
-    types_pb2.JOB_STATE_CANCELLED: "cancelled",
-    types_pb2.JOB_STATE_SUSPENDED: "suspended",
-}
+# JOB_STATE_PENDING -> "pending", and so on: the names the schema uses.
+STATE_NAMES = {value: name.removeprefix("JOB_STATE_").lower() for name, value in types_pb2.JobState.items() if value}
 
-
-def as_timedelta(value: float) -> timedelta:
-    return timedelta(seconds=value)
