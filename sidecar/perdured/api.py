@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
@@ -28,14 +29,21 @@ WATCH_BUFFER = 10_000
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-def _invalid_argument_is_status(method: Handler) -> Handler:
-    """Bad input becomes INVALID_ARGUMENT with the message naming the field."""
+def _errors_as_status(method: Handler) -> Handler:
+    """Bad input becomes INVALID_ARGUMENT with the message naming the field; a database
+    that cannot be reached, UNAVAILABLE (clients retry); any other database error, INTERNAL."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
         except InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except psycopg.OperationalError as exc:
+            log.error("database.unavailable", rpc=method.__name__, error=str(exc))
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again")
+        except psycopg.Error as exc:
+            log.exception("rpc.failed", rpc=method.__name__)
+            await abort(context, grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the sidecar's log")
 
     wrapper.__name__ = method.__name__
     return wrapper  # type: ignore[return-value]
@@ -49,21 +57,21 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.max_payload_bytes = max_payload_bytes
 
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def Enqueue(self, request: jobs_pb2.EnqueueRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueResponse:
         job = validation.enqueue_request(request, self.max_payload_bytes)
         row, deduplicated = await self.scheduler.enqueue(job)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
         return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         row = await self._existing(job_id, namespace, context)
         attempts = await self.store.get_attempts(job_id)
         return jobs_pb2.GetJobResponse(job=convert.job(row, attempts))
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
         namespace = validation.namespace(request.namespace)
         name = validation.function_name(request.name) if request.name else None
@@ -80,7 +88,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             next_page_token=str(rows[-1]["id"]) if more else "",
         )
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def AwaitJob(self, request: jobs_pb2.AwaitJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.AwaitJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         wait = validation.seconds(request.wait, "wait") if request.HasField("wait") else MAX_AWAIT
@@ -102,7 +110,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                     break
         return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=row["state"] in TERMINAL_STATES)
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CancelJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         row = await self.store.cancel_job(job_id, namespace)
@@ -111,7 +119,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         log.info("job.cancelled", job_id=str(job_id))
         return jobs_pb2.CancelJobResponse(job=convert.job(row), cancelled=True)
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def RetryJob(self, request: jobs_pb2.RetryJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         row = await self.store.retry_job(job_id, namespace)
@@ -122,7 +130,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         log.info("job.retried", job_id=str(job_id))
         return jobs_pb2.RetryJobResponse(job=convert.job(row))
 
-    @_invalid_argument_is_status
+    @_errors_as_status
     async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
         namespace = validation.namespace(request.namespace)
         name = validation.function_name(request.name) if request.name else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,19 @@ class SchemaTooNew(RuntimeError):
     """The database schema is newer than this perdured knows: upgrade perdured."""
 
 
+class SchemaMismatch(RuntimeError):
+    """A migration file differs from the one applied to the database."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
 def migrations_dir() -> Path:
@@ -58,25 +67,31 @@ async def migrate(conn: psycopg.AsyncConnection, migrations: list[Migration] | N
         await conn.execute("CREATE SCHEMA IF NOT EXISTS perdure")
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS perdure.schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cursor = await conn.execute("SELECT version FROM perdure.schema_migrations")
-        applied = {row[0] for row in await cursor.fetchall()}
+        cursor = await conn.execute("SELECT version, checksum FROM perdure.schema_migrations")
+        applied = dict(await cursor.fetchall())
         newest = max(applied, default=0)
         if newest > latest:
             raise SchemaTooNew(
                 f"the database schema is at version {newest}, but this perdured knows versions up to "
                 f"{latest}: upgrade perdured (never run an older sidecar against a newer schema)"
             )
+        for migration in migrations:
+            if migration.version in applied and applied[migration.version] != migration.checksum:
+                raise SchemaMismatch(
+                    f"migration {migration.version:04d}_{migration.name}.sql differs from the one applied to "
+                    f"this database: applied migrations must never change; add a new one instead"
+                )
         done = []
         for migration in migrations:
             if migration.version in applied:
                 continue
             await conn.execute(migration.sql.encode())
             await conn.execute(
-                "INSERT INTO perdure.schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                "INSERT INTO perdure.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
             )
             log.info("migration.applied", version=migration.version, migration=migration.name)
             done.append(migration.version)

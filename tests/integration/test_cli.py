@@ -28,7 +28,7 @@ def test_migrate__applies_the_schema_and_exits(empty_database_url) -> None:
 
 def test_newer_schema__is_refused_with_a_clear_message(database_url) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO perdure.schema_migrations (version, name) VALUES (999, 'future')")
+        conn.execute("INSERT INTO perdure.schema_migrations (version, name, checksum) VALUES (999, 'future', '')")
     for command in (["migrate"], []):
         done = perdured(*command, "--database-url", database_url, "--listen", "127.0.0.1:0")
         assert done.returncode != 0

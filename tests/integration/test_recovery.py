@@ -184,7 +184,7 @@ async def test_migrate__many_sidecars_at_once_apply_each_migration_once(empty_da
 
 async def test_migrate__refuses_a_schema_newer_than_it_knows(database_url) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute("INSERT INTO perdure.schema_migrations (version, name) VALUES (999, 'future')")
+        await conn.execute("INSERT INTO perdure.schema_migrations (version, name, checksum) VALUES (999, 'future', '')")
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         with pytest.raises(SchemaTooNew, match="schema is at version 999.*upgrade perdured"):
             await migrate(conn)
@@ -216,3 +216,15 @@ async def test_database_connections_cut__sidecar_reconnects_and_loses_nothing(si
         handles = [await echo(n) for n in range(2, 6)]
         assert [await h.result(timeout=30) for h in handles] == [2, 3, 4, 5]
     assert db.execute("SELECT count(*) FROM perdure.jobs WHERE state = 'success'").fetchone()[0] == 5
+
+
+async def test_migrate__refuses_a_migration_changed_after_it_was_applied(database_url) -> None:
+    from dataclasses import replace
+
+    from perdured.migrate import SchemaMismatch
+
+    changed = [replace(m, sql=m.sql + "\n-- edited") if m.version == 1 else m for m in load_migrations()]
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        with pytest.raises(SchemaMismatch, match="0001_core.sql differs from the one applied"):
+            await migrate(conn, changed)
+        assert await migrate(conn) == []  # the real files still match
