@@ -71,7 +71,7 @@ async def migrate(conn: psycopg.AsyncConnection, migrations: list[Migration] | N
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         cursor = await conn.execute("SELECT version, checksum FROM perdure.schema_migrations")
-        applied = dict(await cursor.fetchall())
+        applied: dict[int, str] = dict(await cursor.fetchall())
         newest = max(applied, default=0)
         if newest > latest:
             raise SchemaTooNew(

@@ -153,12 +153,23 @@ class Scheduler:
         """Claim for every group with free slots until none is left or nothing more is runnable."""
         claimed = 0
         recheck, self._recheck_timers = self._recheck_timers, False
-        for group, sessions in self.dispatcher.groups_with_free_slots().items():
+        for group in list(self.dispatcher.groups_with_free_slots()):
             namespace, names = group
-            # One entry per free slot, taking turns between workers.
-            queues = [[s.id] * s.free_slots for s in sessions]
-            slots = [worker for turn in _interleave(queues) for worker in turn]
-            rows = await self.store.claim(namespace, sorted(names), slots, self.lease, self.sidecar_id)
+            # Looked up again after the previous group's await: slots come and go meanwhile.
+            sessions = self.dispatcher.groups_with_free_slots().get(group, [])
+            if not sessions:
+                continue
+            # One entry per free slot, taking turns between workers. The slots are reserved
+            # while the claim runs, so that an enqueue cannot promise them to another job.
+            free = {session: session.free_slots for session in sessions}
+            slots = [worker for turn in _interleave([[s.id] * n for s, n in free.items()]) for worker in turn]
+            for session, count in free.items():
+                session.reserved += count
+            try:
+                rows = await self.store.claim(namespace, sorted(names), slots, self.lease, self.sidecar_id)
+            finally:
+                for session, count in free.items():
+                    session.reserved -= count
             for row in rows:
                 self.dispatcher.assign(row)
             claimed += len(rows)
