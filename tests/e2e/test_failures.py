@@ -225,3 +225,23 @@ async def test_claim__a_worker_never_receives_jobs_of_names_it_did_not_register(
     received = [e for b in bystanders for e in b.journal()]
     assert {e.name for e in received} == {"e2e:other"}
     assert len(received) == len(other_jobs)
+
+
+async def test_sidecar_sigterm__finishes_in_the_grace_period_then_hands_the_rest_back(perdured, app, shared_dir) -> None:
+    sidecar = perdured("--shutdown-grace", "1")
+    worker = await app(sidecar.address, "e2e:hold", concurrency=2)
+    async with Perdure(address=sidecar.address) as client:
+        finishing = await client.enqueue("e2e:hold", "finishes")
+        stuck = await client.enqueue("e2e:hold", "stuck")
+        await file_appears(shared_dir / f"started-finishes-{worker.pid}")
+        await file_appears(shared_dir / f"started-stuck-{worker.pid}")
+    sidecar.process.send_signal(signal.SIGTERM)
+    (shared_dir / "release-finishes").touch()  # finishes within the grace period; "stuck" never does
+    assert await asyncio.to_thread(sidecar.process.wait, WAIT) == 0
+
+    reader = perdured()
+    async with Perdure(address=reader.address) as client:
+        done = await client.handle(finishing.id).details()
+        back = await client.handle(stuck.id).details()
+    assert done.status == "success" and outcomes(done) == ["succeeded"]
+    assert back.status == "pending" and outcomes(back) == ["released"]
