@@ -53,9 +53,12 @@ CREATE TABLE perdure.jobs (
     -- Set while running: who holds the job and until when.
     lease_expires_at timestamptz,
     sidecar_id       text,
-    worker_id        text,
-    UNIQUE (namespace, idempotency_key)
+    worker_id        text
 );
+
+-- Idempotency keys are unique per namespace; jobs without one stay out of the index.
+CREATE UNIQUE INDEX jobs_idempotency ON perdure.jobs (namespace, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- The claim: runnable rows of some functions, oldest first.
 CREATE INDEX jobs_runnable ON perdure.jobs (namespace, name, run_at, id) WHERE state = 'pending';
