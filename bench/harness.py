@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -15,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+
+from perdured.launch import spawn
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,9 @@ class Perdured:
 @contextlib.contextmanager
 def perdured(database_url: str, *args: str) -> Iterator[Perdured]:
     """`python -m perdured` on a free loopback port; yields once it serves, stops it afterwards."""
-    read_end, write_end = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "perdured", "--database-url", database_url, "--listen", "127.0.0.1:0",
-         "--ready-fd", str(write_end), "--log-level", "warning", *args],
-        pass_fds=(write_end,),
-    )
-    os.close(write_end)
-    with os.fdopen(read_end) as ready:
-        address = ready.readline().strip()
+    process, address = spawn("--database-url", database_url, "--log-level", "warning", *args)
     sidecar = Perdured(process, address)
     try:
-        if not address:
-            raise RuntimeError(f"perdured exited with status {process.wait(10)} before serving")
         yield sidecar
     finally:
         sidecar.stop()

@@ -17,7 +17,6 @@ import contextlib
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 import warnings
@@ -32,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 from perdure import Perdure
 from perdured import logs
 from perdured.config import Settings
+from perdured.launch import spawn
 from perdured.migrate import migrate
 from perdured.server import Sidecar
 
@@ -162,19 +162,8 @@ class PerduredProcess:
 
 def spawn_perdured(database_url: str, *args: str) -> PerduredProcess:
     """Start `python -m perdured` on a free port and wait until it serves."""
-    read_end, write_end = os.pipe()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "perdured", "--database-url", database_url, "--listen", "127.0.0.1:0",
-         "--ready-fd", str(write_end), "--log-level", os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning"),
-         *args],
-        pass_fds=(write_end,),
-    )
-    os.close(write_end)
-    with os.fdopen(read_end) as ready:
-        address = ready.readline().strip()
-    if not address:
-        process.wait(10)
-        raise RuntimeError(f"perdured exited with {process.returncode} before serving")
+    level = os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning")
+    process, address = spawn("--database-url", database_url, "--log-level", level, *args)
     return PerduredProcess(process, address)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
+import subprocess
 from pathlib import Path
 
 from perdure._errors import SidecarUnavailableError
@@ -23,53 +23,33 @@ class LocalSidecar:
         self.data_dir = data_dir
         self.extra_args = extra_args
         self.address = ""
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> str:
-        read_end, write_end = os.pipe()
-        command = [sys.executable, "-m", "perdured", "--listen", "127.0.0.1:0",
-                   "--ready-fd", str(write_end), "--exit-with-stdin", *self.extra_args]
+        from perdured.launch import LaunchError, spawn  # the sidecar ships in this distribution
+
+        args = [*self.extra_args, "--exit-with-stdin"]
         if self.storage:
-            command += ["--database-url", self.storage]
+            args += ["--database-url", self.storage]
         if self.data_dir is not None:
-            command += ["--data-dir", str(self.data_dir)]
+            args += ["--data-dir", str(self.data_dir)]
         environment = dict(os.environ)
         environment.setdefault("PERDURE_LOG_LEVEL", "warning")
         try:
-            self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.PIPE, pass_fds=(write_end,), env=environment)
-        finally:
-            os.close(write_end)
-        try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_end), START_TIMEOUT)
-        except TimeoutError:
-            await self.stop()
-            raise SidecarUnavailableError(f"perdured did not start within {START_TIMEOUT:g} s") from None
-        finally:
-            os.close(read_end)
-        if not line:
-            code = await self._process.wait()
-            raise SidecarUnavailableError(f"perdured exited with status {code} before serving; see its log above")
-        self.address = line
-        return line
+            # Our end of its standard input closes when we die, and it then stops by itself.
+            self._process, self.address = await asyncio.to_thread(
+                spawn, *args, stdin=subprocess.PIPE, env=environment, timeout=START_TIMEOUT)
+        except LaunchError as exc:
+            raise SidecarUnavailableError(str(exc)) from None
+        return self.address
 
     async def stop(self, timeout: float = 30.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.returncode is not None:
+        if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
+            await asyncio.to_thread(process.wait, timeout)
+        except subprocess.TimeoutExpired:
             process.kill()
-            await process.wait()
-
-
-def _read_line(fd: int) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 256)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode().strip()
+            await asyncio.to_thread(process.wait)
