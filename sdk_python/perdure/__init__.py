@@ -13,6 +13,7 @@
 """
 
 from perdure._client import DurableFunction, Perdure
+from perdure._context import JobContext, context
 from perdure._errors import (
     InvalidArgumentError,
     JobCancelledError,
@@ -20,23 +21,25 @@ from perdure._errors import (
     JobFailedError,
     JobNotFoundError,
     NonRetryableError,
+    NotInJobError,
     NotStartedError,
     PerdureError,
     SidecarUnavailableError,
+    StepNotRecordedError,
 )
-from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle
+from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, StepInfo
 from perdure._options import JobOptions
-from perdure._worker import CurrentJob, JobEvent, current_job
+from perdure._worker import JobEvent
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttemptRecord",
-    "CurrentJob",
     "DurableFunction",
     "ErrorInfo",
     "InvalidArgumentError",
     "JobCancelledError",
+    "JobContext",
     "JobDeadError",
     "JobDetails",
     "JobEvent",
@@ -45,10 +48,13 @@ __all__ = [
     "JobNotFoundError",
     "JobOptions",
     "NonRetryableError",
+    "NotInJobError",
     "NotStartedError",
     "Perdure",
     "PerdureError",
     "SidecarUnavailableError",
+    "StepInfo",
+    "StepNotRecordedError",
     "__version__",
-    "current_job",
+    "context",
 ]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from perdure import _serde
+from perdure._context import current_context
 from perdure._errors import (
     InvalidArgumentError,
     JobNotFoundError,
@@ -22,7 +23,7 @@ from perdure._errors import (
 from perdure._handle import JobHandle
 from perdure._options import JobOptions
 from perdure._sidecar import LocalSidecar
-from perdure._worker import Callback, JobEvent, Worker, current_job
+from perdure._worker import Callback, JobEvent, Worker
 from perdure.v1 import jobs_pb2_grpc
 
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
@@ -150,10 +151,10 @@ class Perdure:
 
     async def _enqueue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                        options: JobOptions) -> JobHandle:
-        parent = current_job()
+        parent = current_context()
         request = options.request(namespace=self.namespace, name=name,
                                   payload=_serde.encode_call(name, args, kwargs),
-                                  parent_id=parent.id if parent else None)
+                                  parent_id=parent.job_id if parent else None)
         response = await self._call("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 

@@ -14,6 +14,14 @@ class NotStartedError(PerdureError):
     """Perdure is not started: use `async with perdure:` or `await perdure.start()` first."""
 
 
+class NotInJobError(PerdureError):
+    """perdure.context() is only available inside a durable function's handler."""
+
+
+class StepNotRecordedError(PerdureError):
+    """The step was not recorded: this attempt is no longer the job's current one."""
+
+
 class SidecarUnavailableError(PerdureError):
     """The perdured sidecar cannot be reached."""
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 STATES = {value: name.removeprefix("JOB_STATE_").lower() for name, value in types_pb2.JobState.items() if value}
 OUTCOMES = {value: name.removeprefix("ATTEMPT_OUTCOME_").lower()
             for name, value in types_pb2.AttemptOutcome.items()}
+STEP_STATUSES = {value: name.removeprefix("STEP_STATUS_").lower() for name, value in types_pb2.StepStatus.items()}
 BACKOFFS = {value: name.removeprefix("BACKOFF_").lower() for name, value in types_pb2.Backoff.items()}
 # AwaitJob blocks at most this long per call; result() loops.
 _AWAIT_SLICE = 60.0
@@ -39,6 +40,16 @@ class AttemptRecord:
     worker_id: str
     sidecar_id: str
     error: ErrorInfo | None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    name: str
+    status: str  # succeeded | failed
+    attempt: int
+    result: Any
+    error: ErrorInfo | None
+    recorded_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,7 @@ class JobDetails:
     started_at: datetime | None
     finished_at: datetime | None
     attempts: list[AttemptRecord]
+    steps: list[StepInfo]
 
 
 def _time(job: Any, field: str) -> datetime | None:
@@ -99,6 +111,14 @@ def details_from(job: types_pb2.Job) -> JobDetails:
                 worker_id=a.worker_id, sidecar_id=a.sidecar_id, error=_error(a),
             )
             for a in job.attempts
+        ],
+        steps=[
+            StepInfo(
+                name=step.name, status=STEP_STATUSES.get(step.status, "unknown"), attempt=step.attempt,
+                result=_serde.decode_result(step.result) if step.HasField("result") else None,
+                error=_error(step), recorded_at=_time(step, "recorded_at"),
+            )
+            for step in job.steps
         ],
     )
 

@@ -16,31 +16,13 @@ from typing import Any
 
 import grpc
 
-from perdure import _serde
+from perdure import _context, _serde
+from perdure._context import JobContext
 from perdure._errors import NonRetryableError
 from perdure._handle import STATES, ErrorInfo
 from perdure.v1 import types_pb2, workers_pb2, workers_pb2_grpc
 
 SDK = "perdure-python/0.1.0"
-
-
-@dataclass(frozen=True)
-class CurrentJob:
-    """The job a handler runs for; durable calls made inside it become its children."""
-
-    id: str
-    name: str
-    attempt: int
-    max_attempts: int
-    namespace: str
-
-
-_current_job: contextvars.ContextVar[CurrentJob | None] = contextvars.ContextVar("perdure_current_job", default=None)
-
-
-def current_job() -> CurrentJob | None:
-    """The job the calling handler runs for (id, name, attempt, ...), or None outside a handler."""
-    return _current_job.get()
 
 
 @dataclass(frozen=True)
@@ -72,6 +54,7 @@ class Worker:
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[str, int], int] = {}
         self._acks: dict[tuple[str, int], asyncio.Future[workers_pb2.OutcomeAck]] = {}
+        self._step_acks: dict[tuple[str, int, str], asyncio.Future[bool]] = {}
         self._outbox: asyncio.Queue[workers_pb2.WorkerMessage] = asyncio.Queue()
         self._stopping = False
         self.worker_id = ""
@@ -120,6 +103,11 @@ class Worker:
                     if task is not None:
                         self._cancel_reasons[key] = message.cancel.reason
                         task.cancel()
+                elif kind == "step_ack":
+                    ack = message.step_ack
+                    waiting = self._step_acks.get((ack.job_id, ack.attempt, ack.name))
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(ack.recorded)
                 elif kind == "ack":
                     future = self._acks.pop((message.ack.job_id, message.ack.attempt), None)
                     if future is not None and not future.done():
@@ -141,10 +129,14 @@ class Worker:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _run_job(self, assignment: workers_pb2.Assignment) -> None:
-        job = CurrentJob(assignment.job_id, assignment.name, assignment.attempt,
-                         assignment.max_attempts, assignment.namespace)
-        info = JobEvent(job.id, job.name, job.attempt, job.max_attempts)
-        outcome = workers_pb2.Outcome(job_id=job.id, attempt=job.attempt)
+        job = JobContext(
+            job_id=assignment.job_id, name=assignment.name, namespace=assignment.namespace,
+            attempt=assignment.attempt, max_attempts=assignment.max_attempts,
+            recorded={step.name: _serde.decode_result(step.result) for step in assignment.steps},
+            record=functools.partial(self._record_step, assignment.job_id, assignment.attempt),
+        )
+        info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
+        outcome = workers_pb2.Outcome(job_id=job.job_id, attempt=job.attempt)
         handler = self._handlers.get(assignment.name)
         result: Any = None
         error: ErrorInfo | None = None
@@ -161,7 +153,7 @@ class Worker:
                 raise NonRetryableError(f"the result of {job.name!r} is not JSON-serialisable: {exc}") from None
         except asyncio.CancelledError:
             outcome.cancelled.SetInParent()
-            if self._cancel_reasons.pop((job.id, job.attempt), None) == workers_pb2.CANCEL_REASON_TIMEOUT:
+            if self._cancel_reasons.pop((job.job_id, job.attempt), None) == workers_pb2.CANCEL_REASON_TIMEOUT:
                 # The sidecar failed this attempt for its timeout: that is this process's error too.
                 error = ErrorInfo(type="perdure.Timeout", message="the attempt exceeded its timeout")
         except BaseException as exc:  # everything a handler raises is the attempt's error
@@ -180,16 +172,16 @@ class Worker:
             return
         state = STATES.get(ack.state, "")
         if outcome.HasField("success"):
-            await self._emit("job:success", JobEvent(job.id, job.name, job.attempt, job.max_attempts, result=result))
+            await self._emit("job:success", JobEvent(job.job_id, job.name, job.attempt, job.max_attempts, result=result))
         elif error is not None:
-            event = JobEvent(job.id, job.name, job.attempt, job.max_attempts, error=error)
+            event = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts, error=error)
             await self._emit("job:error", event)
             if state == "dead":
                 await self._emit("job:dead", event)
 
-    async def _invoke(self, handler: Callable[..., Any], job: CurrentJob, args: list[Any],
+    async def _invoke(self, handler: Callable[..., Any], job: JobContext, args: list[Any],
                       kwargs: dict[str, Any]) -> Any:
-        token = _current_job.set(job)
+        token = _context._current.set(job)
         try:
             if inspect.iscoroutinefunction(handler):
                 return await handler(*args, **kwargs)
@@ -204,7 +196,24 @@ class Worker:
                 await asyncio.wait([future])
                 raise
         finally:
-            _current_job.reset(token)
+            _context._current.reset(token)
+
+    async def _record_step(self, job_id: str, attempt: int, name: str, result: types_pb2.Payload | None,
+                           error: types_pb2.JobError | None) -> bool:
+        """Send a step's outcome and wait until the sidecar has committed it (or refused it)."""
+        key = (job_id, attempt, name)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._step_acks[key] = future
+        step = workers_pb2.RecordStep(job_id=job_id, attempt=attempt, name=name)
+        if result is not None:
+            step.result.CopyFrom(result)
+        elif error is not None:
+            step.error.CopyFrom(error)
+        self._outbox.put_nowait(workers_pb2.WorkerMessage(record_step=step))
+        try:
+            return await future
+        finally:
+            self._step_acks.pop(key, None)
 
     async def _send(self, outcome: workers_pb2.Outcome) -> workers_pb2.OutcomeAck | None:
         """Send an outcome and wait for the sidecar to say it is committed (None if the stream drops)."""
@@ -224,9 +233,10 @@ class Worker:
         # count any more, so stop them.
         for task in list(self._running.values()):
             task.cancel()
-        for future in self._acks.values():
-            future.cancel()
-        self._acks.clear()
+        for futures in (self._acks, self._step_acks):
+            for future in futures.values():
+                future.cancel()
+            futures.clear()
         while not self._outbox.empty():
             self._outbox.get_nowait()
 

@@ -81,7 +81,21 @@ def attempt(row: dict[str, Any]) -> types_pb2.Attempt:
     )
 
 
-def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> types_pb2.Job:
+STEP_STATUSES = {"succeeded": types_pb2.STEP_STATUS_SUCCEEDED, "failed": types_pb2.STEP_STATUS_FAILED}
+
+
+def step(row: dict[str, Any]) -> types_pb2.Step:
+    message = types_pb2.Step(
+        name=row["name"], status=STEP_STATUSES[row["status"]], attempt=row["attempt"],
+        error=error(row["error"]), recorded_at=timestamp(row["recorded_at"]),
+    )
+    if row["result_encoding"] is not None:
+        message.result.CopyFrom(types_pb2.Payload(data=row["result"] or b"", encoding=row["result_encoding"]))
+    return message
+
+
+def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
+        steps: list[dict[str, Any]] | None = None) -> types_pb2.Job:
     message = types_pb2.Job(
         id=str(row["id"]),
         namespace=row["namespace"],
@@ -107,6 +121,8 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> ty
         message.result.CopyFrom(types_pb2.Payload(data=row["result"] or b"", encoding=row["result_encoding"]))
     if attempts:
         message.attempts.extend(attempt(a) for a in attempts)
+    if steps:
+        message.steps.extend(step(s) for s in steps)
     return message
 
 

@@ -15,7 +15,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from perdured.batcher import Batcher
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.rpc import abort
-from perdured.store import TERMINAL_STATES, Outcome, Store
+from perdured.store import TERMINAL_STATES, Outcome, StepRecord, Store
 
 Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
 
@@ -95,6 +95,7 @@ class Dispatcher:
         self.sessions: dict[str, WorkerSession] = {}
         self._by_job: dict[uuid.UUID, Assignment] = {}
         self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch)
+        self._steps: Batcher[StepRecord, bool] = Batcher(self._record_steps)
         self._serial = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -145,6 +146,8 @@ class Dispatcher:
             async for message in requests:
                 if message.HasField("outcome"):
                     self._spawn(self._on_outcome(session, message.outcome))
+                elif message.HasField("record_step"):
+                    self._spawn(self._on_step(session, message.record_step))
                 elif message.HasField("drain"):
                     session.draining = True
                     log.info("worker.draining", worker_id=session.id, holding=len(session.assignments))
@@ -188,7 +191,7 @@ class Dispatcher:
                 return session.group
         return None
 
-    def assign(self, row: dict[str, Any]) -> None:
+    def assign(self, row: dict[str, Any], steps: Iterable[dict[str, Any]] = ()) -> None:
         """Send a claimed job down its worker's stream and start its timeout clock."""
         session = self.sessions.get(row["worker_id"])
         policy = RetryPolicy(
@@ -218,6 +221,7 @@ class Dispatcher:
             payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
             deadline=deadline, max_attempts=row["max_attempts"],
             parent_id=str(row["parent_id"]) if row["parent_id"] else "",
+            steps=[convert.step(step) for step in steps],
         )))
         log.debug("job.assigned", job_id=str(row["id"]), attempt=row["attempt"], worker_id=session.id)
 
@@ -259,6 +263,29 @@ class Dispatcher:
         session.send(_ack(outcome, recorded=state is not None, state=state))
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
         log.debug(event, job_id=str(job_id), attempt=outcome.attempt, state=state)
+
+    async def _on_step(self, session: WorkerSession, step: workers_pb2.RecordStep) -> None:
+        """Commit a step's outcome, then acknowledge it: the handler waits for that."""
+        try:
+            job_id = uuid.UUID(step.job_id)
+            if step.HasField("result"):
+                data, encoding = validation.payload(step.result, self.max_payload_bytes, "record_step.result")
+                record = StepRecord(job_id, step.attempt, step.name, "succeeded", result=data, result_encoding=encoding)
+            else:
+                record = StepRecord(job_id, step.attempt, step.name, "failed", error=convert.error_dict(step.error))
+            recorded = await self._steps.submit(record)
+        except (ValueError, validation.InvalidArgument) as exc:
+            log.warning("step.refused", job_id=step.job_id, step=step.name, error=str(exc))
+            recorded = False
+        session.send(workers_pb2.SidecarMessage(step_ack=workers_pb2.StepAck(
+            job_id=step.job_id, attempt=step.attempt, name=step.name, recorded=recorded)))
+
+    async def _record_steps(self, records: list[StepRecord]) -> list[bool]:
+        # One statement may not write a row twice: only the first report of a step counts.
+        first = list({(r.job_id, r.name): r for r in reversed(records)}.values())
+        counted = {id(r) for r in first}
+        written = await self.store.record_steps(first)
+        return [id(r) in counted and (r.job_id, r.name) in written for r in records]
 
     def _outcome_record(self, assignment: Assignment, outcome: workers_pb2.Outcome) -> Outcome:
         kind = outcome.WhichOneof("result")

@@ -180,3 +180,29 @@ RETURNING {job_columns}
 SELECT extract(epoch FROM min(run_at) - now())::float8
 FROM perdure.jobs
 WHERE state = 'pending' AND namespace = %(namespace)s AND name = ANY(%(names)s)
+
+-- record_steps --
+-- Record step outcomes, each only while its job runs under the same attempt. A succeeded
+-- step is final; a failed one is replaced by a later outcome.
+INSERT INTO perdure.steps AS s (job_id, name, status, attempt, result, result_encoding, error)
+SELECT r.job_id, r.name, r.status, r.attempt, r.result, r.result_encoding, r.error
+FROM unnest(%(job_id)s::uuid[], %(attempt)s::int[], %(name)s::text[], %(status)s::text[],
+            %(result)s::bytea[], %(result_encoding)s::text[], %(error)s::jsonb[])
+     AS r(job_id, attempt, name, status, result, result_encoding, error)
+JOIN perdure.jobs j ON j.id = r.job_id AND j.attempt = r.attempt AND j.state = 'running'
+ON CONFLICT (job_id, name) DO UPDATE
+SET status = excluded.status, attempt = excluded.attempt, result = excluded.result,
+    result_encoding = excluded.result_encoding, error = excluded.error, recorded_at = now()
+WHERE s.status = 'failed'
+RETURNING job_id, name
+
+-- succeeded_steps --
+-- The steps earlier attempts completed, for jobs about to run again.
+SELECT job_id, name, status, attempt, result, result_encoding, error, recorded_at
+FROM perdure.steps WHERE job_id = ANY(%(ids)s) AND status = 'succeeded'
+ORDER BY recorded_at
+
+-- get_steps --
+-- A job's steps, oldest first.
+SELECT job_id, name, status, attempt, result, result_encoding, error, recorded_at
+FROM perdure.steps WHERE job_id = %(id)s ORDER BY recorded_at, name

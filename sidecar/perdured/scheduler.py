@@ -167,11 +167,14 @@ class Scheduler:
                 session.reserved += count
             try:
                 rows = await self.store.claim(namespace, sorted(names), slots, self.lease, self.sidecar_id)
+                # Jobs running again take the steps their earlier attempts completed along.
+                again = [row["id"] for row in rows if row["attempt"] > 1]
+                steps = await self.store.succeeded_steps(again) if again else {}
             finally:
                 for session, count in free.items():
                     session.reserved -= count
             for row in rows:
-                self.dispatcher.assign(row)
+                self.dispatcher.assign(row, steps.get(row["id"], ()))
             claimed += len(rows)
             if len(rows) == len(slots):
                 self._waiting.add(group)

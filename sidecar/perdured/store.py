@@ -64,6 +64,19 @@ def _connection_lost(conn: psycopg.AsyncConnection | None, exc: psycopg.Error) -
     return (conn is not None and conn.broken) or sqlstate.startswith("08") or sqlstate in ("57P01", "57P02", "57P03")
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """A step's outcome, as a worker reports it."""
+
+    job_id: uuid.UUID
+    attempt: int
+    name: str
+    status: str  # succeeded | failed
+    result: bytes | None = None
+    result_encoding: str | None = None
+    error: dict[str, Any] | None = None
+
+
 class Store:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -174,6 +187,28 @@ class Store:
             "attempt_outcome": [o.attempt_outcome for o in outcomes],
         })
         return {(r["id"], r["attempt"]): r for r in rows}
+
+    async def record_steps(self, steps: list[StepRecord]) -> set[tuple[uuid.UUID, str]]:
+        """Record step outcomes in one statement; returns the (job id, name) of those written."""
+        rows = await self._all("record_steps", {
+            "job_id": [s.job_id for s in steps],
+            "attempt": [s.attempt for s in steps],
+            "name": [s.name for s in steps],
+            "status": [s.status for s in steps],
+            "result": [s.result for s in steps],
+            "result_encoding": [s.result_encoding for s in steps],
+            "error": [Jsonb(s.error) if s.error is not None else None for s in steps],
+        })
+        return {(r["job_id"], r["name"]) for r in rows}
+
+    async def succeeded_steps(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[dict[str, Any]]]:
+        steps: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        for row in await self._all("succeeded_steps", {"ids": job_ids}):
+            steps.setdefault(row["job_id"], []).append(row)
+        return steps
+
+    async def get_steps(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        return await self._all("get_steps", {"id": job_id})
 
     async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
         rows = await self._all("renew_leases", {

@@ -264,19 +264,20 @@ async def test_timed_out_attempts__fire_error_then_dead_callbacks_in_the_worker(
     assert seen == [("error", "perdure.Timeout", 1), ("error", "perdure.Timeout", 2), ("dead", "perdure.Timeout", 2)]
 
 
-async def test_current_job__tells_a_handler_which_job_and_attempt_it_runs(make_client) -> None:
+async def test_context__tells_a_handler_which_job_and_attempt_it_runs(make_client) -> None:
     import perdure as sdk
 
     perdure = make_client()
 
     @perdure.durable("whoami", max_attempts=2, initial_delay=0.01)
     async def whoami() -> dict:
-        job = sdk.current_job()
-        if job.attempt == 1:
+        ctx = sdk.context()
+        if ctx.attempt == 1:
             raise RuntimeError("once more")
-        return {"id": job.id, "name": job.name, "attempt": job.attempt}
+        return {"id": ctx.job_id, "name": ctx.name, "attempt": ctx.attempt}
 
     async with perdure:
         handle = await whoami()
         assert await handle.result(timeout=30) == {"id": handle.id, "name": "whoami", "attempt": 2}
-    assert sdk.current_job() is None
+    with pytest.raises(sdk.NotInJobError, match="only available inside"):
+        sdk.context()

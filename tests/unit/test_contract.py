@@ -19,8 +19,8 @@ def test_committed_python_stubs__match_a_fresh_generation() -> None:
 
 def test_public_api__is_pinned() -> None:
     assert sorted(perdure.__all__) == [
-        "AttemptRecord", "CurrentJob", "DurableFunction", "ErrorInfo", "InvalidArgumentError",
-        "JobCancelledError", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
-        "JobNotFoundError", "JobOptions", "NonRetryableError", "NotStartedError", "Perdure", "PerdureError",
-        "SidecarUnavailableError", "__version__", "current_job",
+        "AttemptRecord", "DurableFunction", "ErrorInfo", "InvalidArgumentError", "JobCancelledError",
+        "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
+        "JobNotFoundError", "JobOptions", "NonRetryableError", "NotInJobError", "NotStartedError", "Perdure",
+        "PerdureError", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
     ]

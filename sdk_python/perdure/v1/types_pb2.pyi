@@ -133,6 +133,27 @@ ATTEMPT_OUTCOME_RELEASED: AttemptOutcome.ValueType  # 8
 """The sidecar shut down before the handler finished and handed the job back."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
+class _StepStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StepStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STEP_STATUS_UNSPECIFIED: _StepStatus.ValueType  # 0
+    STEP_STATUS_SUCCEEDED: _StepStatus.ValueType  # 1
+    """Recorded with its result: never run again for this job."""
+    STEP_STATUS_FAILED: _StepStatus.ValueType  # 2
+    """Raised in the attempt that recorded it; the next attempt runs it again."""
+
+class StepStatus(_StepStatus, metaclass=_StepStatusEnumTypeWrapper): ...
+
+STEP_STATUS_UNSPECIFIED: StepStatus.ValueType  # 0
+STEP_STATUS_SUCCEEDED: StepStatus.ValueType  # 1
+"""Recorded with its result: never run again for this job."""
+STEP_STATUS_FAILED: StepStatus.ValueType  # 2
+"""Raised in the attempt that recorded it; the next attempt runs it again."""
+Global___StepStatus: _TypeAlias = StepStatus  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Arguments or a result: opaque bytes plus how to read them.
@@ -312,6 +333,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUID (version 7: it sorts by creation time)."""
     namespace: _builtins.str
@@ -360,6 +382,10 @@ class Job(_message.Message):
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
         """Every attempt, oldest first. Filled by GetJob; empty in lists."""
 
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:
+        """Checkpointed steps recorded so far, oldest first. Filled by GetJob; empty in lists."""
+
     def __init__(
         self,
         *,
@@ -380,11 +406,57 @@ class Job(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         parent_id: _builtins.str = ...,
+        steps: _abc.Iterable[Global___Step] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "payload", b"payload", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class Step(_message.Message):
+    """A checkpoint inside a job: `ctx.step(name, fn)` in the SDKs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique within the job. SDKs suffix a name repeated within one run: "fetch", "fetch#2", ..."""
+    status: Global___StepStatus.ValueType
+    attempt: _builtins.int
+    """The attempt that recorded it."""
+    @_builtins.property
+    def result(self) -> Global___Payload:
+        """Set when SUCCEEDED."""
+
+    @_builtins.property
+    def error(self) -> Global___JobError:
+        """Set when FAILED."""
+
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        status: Global___StepStatus.ValueType = ...,
+        attempt: _builtins.int = ...,
+        result: Global___Payload | None = ...,
+        error: Global___JobError | None = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "recorded_at", b"recorded_at", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "name", b"name", "recorded_at", b"recorded_at", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Step: _TypeAlias = Step  # noqa: Y015

@@ -64,24 +64,28 @@ class WorkerMessage(_message.Message):
     REGISTER_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    RECORD_STEP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
     def outcome(self) -> Global___Outcome: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def record_step(self) -> Global___RecordStep: ...
     def __init__(
         self,
         *,
         register: Global___Register | None = ...,
         outcome: Global___Outcome | None = ...,
         drain: Global___Drain | None = ...,
+        record_step: Global___RecordStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain", "record_step"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -95,6 +99,7 @@ class SidecarMessage(_message.Message):
     ASSIGNMENT_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    STEP_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -103,6 +108,8 @@ class SidecarMessage(_message.Message):
     def cancel(self) -> Global___CancelAssignment: ...
     @_builtins.property
     def ack(self) -> Global___OutcomeAck: ...
+    @_builtins.property
+    def step_ack(self) -> Global___StepAck: ...
     def __init__(
         self,
         *,
@@ -110,12 +117,13 @@ class SidecarMessage(_message.Message):
         assignment: Global___Assignment | None = ...,
         cancel: Global___CancelAssignment | None = ...,
         ack: Global___OutcomeAck | None = ...,
+        step_ack: Global___StepAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "ack", "step_ack"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -217,6 +225,7 @@ class Assignment(_message.Message):
     DEADLINE_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt: _builtins.int
     """Quote it back in the outcome: it fences late answers from lost attempts."""
@@ -230,6 +239,10 @@ class Assignment(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When the sidecar stops waiting and fails the attempt with a timeout."""
 
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Step]:
+        """Steps that earlier attempts completed: replay them instead of running them again."""
+
     def __init__(
         self,
         *,
@@ -241,10 +254,11 @@ class Assignment(_message.Message):
         deadline: _timestamp_pb2.Timestamp | None = ...,
         max_attempts: _builtins.int = ...,
         parent_id: _builtins.str = ...,
+        steps: _abc.Iterable[_types_pb2.Step] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "job_id", b"job_id", "max_attempts", b"max_attempts", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "deadline", b"deadline", "job_id", b"job_id", "max_attempts", b"max_attempts", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -373,3 +387,73 @@ class OutcomeAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutcomeAck: _TypeAlias = OutcomeAck  # noqa: Y015
+
+@_typing.final
+class RecordStep(_message.Message):
+    """Record a step of a running attempt. The handler goes on only after the StepAck, so a
+    recorded step is committed before anything that follows it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def result(self) -> _types_pb2.Payload: ...
+    @_builtins.property
+    def error(self) -> _types_pb2.JobError: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        name: _builtins.str = ...,
+        result: _types_pb2.Payload | None = ...,
+        error: _types_pb2.JobError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "job_id", b"job_id", "name", b"name", "outcome", b"outcome", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["result", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___RecordStep: _TypeAlias = RecordStep  # noqa: Y015
+
+@_typing.final
+class StepAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    name: _builtins.str
+    recorded: _builtins.bool
+    """False when the attempt is no longer the job's current one (it timed out, was cancelled
+    or reclaimed): nothing was written, and the handler should stop.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        name: _builtins.str = ...,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "name", b"name", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepAck: _TypeAlias = StepAck  # noqa: Y015

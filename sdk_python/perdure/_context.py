@@ -1,0 +1,84 @@
+"""The job context: what a handler knows about its job, and its checkpointed steps."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from perdure import _serde
+from perdure._errors import NotInJobError, StepNotRecordedError
+from perdure.v1 import types_pb2
+
+# Records a step: (name, result payload or None, error or None) -> whether it was written.
+Recorder = Callable[[str, types_pb2.Payload | None, types_pb2.JobError | None], Awaitable[bool]]
+
+
+class JobContext:
+    """Inside a handler, `perdure.context()` returns this for the job being run.
+
+    `job_id` and `attempt` make good idempotency keys for external APIs: an id that stays
+    the same across retries (f"{ctx.job_id}:charge") lets the other side drop a duplicate.
+    """
+
+    def __init__(self, *, job_id: str, name: str, namespace: str, attempt: int, max_attempts: int,
+                 recorded: dict[str, Any], record: Recorder) -> None:
+        self.job_id = job_id
+        self.name = name
+        self.namespace = namespace
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self._recorded = recorded
+        self._record = record
+        self._seen: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"JobContext(job_id={self.job_id!r}, name={self.name!r}, attempt={self.attempt})"
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` (sync or async) once for this job, whatever the retries.
+
+        If an earlier attempt recorded this step, its result comes back without calling `fn`.
+        Otherwise `fn` runs, its result is committed (JSON, like job results), and only then
+        returned. A step that raises is recorded as failed for this attempt, and the error
+        propagates. A name used again in one run gets its own checkpoint: "fetch", "fetch#2"...
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a step needs a non-empty name, got {name!r}")
+        count = self._seen[name] = self._seen.get(name, 0) + 1
+        key = name if count == 1 else f"{name}#{count}"
+        if key in self._recorded:
+            return self._recorded[key]
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            await self._record(key, None, types_pb2.JobError(type=type(exc).__qualname__, message=str(exc)))
+            raise
+        try:
+            payload = _serde.encode_result(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the result of step {key!r} must be JSON-serialisable: {exc}") from None
+        if not await self._record(key, payload, None):
+            raise StepNotRecordedError(
+                f"step {key!r} of job {self.job_id} was not recorded: attempt {self.attempt} is no longer "
+                "the job's current one (it timed out, was cancelled or was taken over)")
+        # What a replay would return, so that a first run and a replay see the same value.
+        return _serde.decode_result(payload)
+
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("perdure_job_context", default=None)
+
+
+def context() -> JobContext:
+    """The context of the job the calling handler runs for."""
+    job = _current.get()
+    if job is None:
+        raise NotInJobError()
+    return job
+
+
+def current_context() -> JobContext | None:
+    return _current.get()
