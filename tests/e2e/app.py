@@ -13,6 +13,8 @@ Files written in DIR (each appears whole: written aside, then renamed):
     cancelled-<token>        a line per hanging handler of <token> that was cancelled
 Files read in DIR:
     release-<token>          e2e:hold returns once it exists
+Steps (e2e:three_steps, e2e:fifty_steps) append each side effect to effects-<token> and, on
+their first run, write held-<token> after a checkpoint and wait there to be killed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from perdure import JobEvent, Perdure
+from perdure import JobEvent, Perdure, context
 
 PID = os.getpid()
 POLL = 0.02  # seconds between looks at a release file
@@ -89,6 +91,34 @@ def handlers(files: Files) -> dict[str, Callable[..., Any]]:
     async def echo(value: Any) -> dict[str, Any]:
         return {"value": value, "pid": PID}
 
+    def side_effect(token: str, step: str) -> str:
+        files.append(f"effects-{token}", step)
+        return f"{step} done"
+
+    async def held_after(token: str, checkpoint: str) -> None:
+        """Stop here on the first run for `token` (in any process) until the test kills us."""
+        if not files.exists(f"held-{token}"):
+            files.mark(f"held-{token}", checkpoint)
+            while True:
+                await asyncio.sleep(POLL)
+
+    async def three_steps(token: str) -> list[str]:
+        """Three checkpointed side effects; the first run stops right after step 2 is committed."""
+        ctx = context()
+        done = [await ctx.step("one", side_effect, token, "one"), await ctx.step("two", side_effect, token, "two")]
+        await held_after(token, "two")
+        done.append(await ctx.step("three", side_effect, token, "three"))
+        return done
+
+    async def fifty_steps(token: str) -> int:
+        """A loop of 50 checkpointed iterations; the first run stops after iteration 25."""
+        ctx = context()
+        for i in range(50):
+            await ctx.step("iteration", side_effect, token, str(i))
+            if i == 24:
+                await held_after(token, str(i))
+        return 50
+
     return {
         "e2e:hold": hold,
         "e2e:poison": poison,
@@ -96,6 +126,8 @@ def handlers(files: Files) -> dict[str, Callable[..., Any]]:
         "e2e:hang_always": hang_always,
         "e2e:echo": echo,
         "e2e:other": echo,
+        "e2e:three_steps": three_steps,
+        "e2e:fifty_steps": fifty_steps,
     }
 
 

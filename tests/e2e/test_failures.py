@@ -245,3 +245,24 @@ async def test_sidecar_sigterm__finishes_in_the_grace_period_then_hands_the_rest
         back = await client.handle(stuck.id).details()
     assert done.status == "success" and outcomes(done) == ["succeeded"]
     assert back.status == "pending" and outcomes(back) == ["released"]
+
+
+@pytest.mark.parametrize(("function", "expected_effects", "result"), [
+    ("e2e:three_steps", ["one", "two", "three"], ["one done", "two done", "three done"]),
+    ("e2e:fifty_steps", [str(i) for i in range(50)], 50),
+])
+async def test_steps__app_killed_after_a_checkpoint_resumes_without_running_recorded_steps_again(
+        perdured, app, shared_dir, function, expected_effects, result) -> None:
+    sidecar = perdured()
+    first = await app(sidecar.address, function)
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue(function, "t")
+        await file_appears(shared_dir / "held-t")  # the first run sits right after a committed step
+        first.kill()
+        await app(sidecar.address, function)
+        assert await handle.result(timeout=WAIT) == result
+        details = await handle.details()
+    # Every side effect happened exactly once, across the two processes.
+    assert words(shared_dir / "effects-t") == expected_effects
+    assert outcomes(details) == ["worker_lost", "succeeded"]
+    assert len(details.steps) == len(expected_effects)
