@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from perdure import _serde
@@ -46,8 +48,7 @@ class JobContext:
         """
         if not isinstance(name, str) or not name:
             raise ValueError(f"a step needs a non-empty name, got {name!r}")
-        count = self._seen[name] = self._seen.get(name, 0) + 1
-        key = name if count == 1 else f"{name}#{count}"
+        key = self._checkpoint(name)
         if key in self._recorded:
             return self._recorded[key]
         try:
@@ -67,6 +68,45 @@ class JobContext:
                 "the job's current one (it timed out, was cancelled or was taken over)")
         # What a replay would return, so that a first run and a replay see the same value.
         return _serde.decode_result(payload)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the job is suspended, its worker slot freed, and it resumes after
+        `seconds` on any worker, replaying the steps before this point. Costs nothing meanwhile."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ValueError(f"sleep takes a number of seconds, not negative, got {seconds!r}")
+        await self._park("sleep", lambda: time.time() + seconds)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until `when` (an aware datetime); see sleep()."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise ValueError(f"sleep_until takes a datetime with a time zone, got {when!r}")
+        await self._park("sleep", when.timestamp)
+
+    async def _park(self, name: str, wake_at: Callable[[], float]) -> None:
+        # The wake-up time is a checkpoint: a resumed run finds it passed and goes on.
+        key = self._checkpoint(name)
+        if key in self._recorded:
+            wake = float(self._recorded[key])
+        else:
+            wake = round(wake_at(), 3)
+            if not await self._record(key, _serde.encode_result(wake), None):
+                raise StepNotRecordedError(f"the sleep {key!r} of job {self.job_id} was not recorded")
+        if wake > time.time():
+            raise Suspend(wake)
+
+    def _checkpoint(self, name: str) -> str:
+        """The checkpoint name for the n-th use of `name` in this run: name, name#2, ..."""
+        count = self._seen[name] = self._seen.get(name, 0) + 1
+        return name if count == 1 else f"{name}#{count}"
+
+
+class Suspend(BaseException):
+    """Raised by ctx.sleep to park the job; a BaseException, so that `except Exception` in a
+    handler does not swallow it. The worker turns it into a Suspend outcome."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("perdure_job_context", default=None)

@@ -151,6 +151,8 @@ class Worker:
             except (TypeError, ValueError) as exc:
                 # It would fail the same way every time: no retry.
                 raise NonRetryableError(f"the result of {job.name!r} is not JSON-serialisable: {exc}") from None
+        except _context.Suspend as suspend:
+            outcome.suspend.until.FromNanoseconds(int(suspend.until * 1e9))
         except asyncio.CancelledError:
             outcome.cancelled.SetInParent()
             if self._cancel_reasons.pop((job.job_id, job.attempt), None) == workers_pb2.CANCEL_REASON_TIMEOUT:

@@ -27,6 +27,7 @@ OUTCOMES = {
     "lease_expired": types_pb2.ATTEMPT_OUTCOME_LEASE_EXPIRED,
     "cancelled": types_pb2.ATTEMPT_OUTCOME_CANCELLED,
     "released": types_pb2.ATTEMPT_OUTCOME_RELEASED,
+    "suspended": types_pb2.ATTEMPT_OUTCOME_SUSPENDED,
 }
 EVENT_KINDS = {
     "enqueued": jobs_pb2.JOB_EVENT_KIND_ENQUEUED,
@@ -36,6 +37,7 @@ EVENT_KINDS = {
     "dead": jobs_pb2.JOB_EVENT_KIND_DEAD,
     "cancelled": jobs_pb2.JOB_EVENT_KIND_CANCELLED,
     "retried": jobs_pb2.JOB_EVENT_KIND_RETRIED,
+    "suspended": jobs_pb2.JOB_EVENT_KIND_SUSPENDED,
 }
 
 
@@ -135,6 +137,6 @@ def event(value: JobEvent) -> jobs_pb2.JobEvent:
     )
     if value.error_type is not None:
         message.error.CopyFrom(types_pb2.JobError(type=value.error_type, message=value.error_message or ""))
-    if value.kind in ("enqueued", "attempt_failed", "retried"):
+    if value.kind in ("enqueued", "attempt_failed", "retried", "suspended"):
         message.run_at.FromNanoseconds(int((value.at + value.run_in) * 1e9))
     return message

@@ -299,6 +299,9 @@ class Dispatcher:
                            result=data, result_encoding=encoding)
         if kind == "failure":
             return self._failure(assignment, "failed", convert.error_dict(outcome.failure))
+        if kind == "suspend":
+            wait = max(outcome.suspend.until.ToNanoseconds() / 1e9 - time.time(), 0.0)
+            return Outcome(assignment.job_id, assignment.attempt, "suspended", "suspended", retry_delay=round(wait, 3))
         # A worker that stops a handler on its own is shutting down and hands the job back:
         # it runs again at once, and the attempt does not count.
         return Outcome(assignment.job_id, assignment.attempt, "released", "released",

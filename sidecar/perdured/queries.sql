@@ -64,7 +64,8 @@ LIMIT %(limit)s
 -- holds a worker id per slot, and the n-th job claimed goes to the n-th slot.
 WITH picked AS (
     SELECT id, run_at FROM perdure.jobs
-    WHERE state = 'pending' AND namespace = %(namespace)s AND name = ANY(%(names)s) AND run_at <= now()
+    WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = ANY(%(names)s)
+      AND run_at <= now()
     ORDER BY run_at, id
     LIMIT cardinality(%(slots)s::text[])
     FOR UPDATE SKIP LOCKED
@@ -87,9 +88,10 @@ SELECT * FROM claimed ORDER BY run_at, id
 
 -- finish --
 -- Record attempt outcomes, each only if its job is still running under the same attempt.
--- kind: success | failure | released. A failure retries after `retry_delay` unless it is
+-- kind: success | failure | released | suspended. A failure retries after `retry_delay` unless it is
 -- non-retryable or the attempts are used up, then the job is dead. A release (the sidecar
--- shutting down) neither kills the job nor counts toward its attempts.
+-- shutting down) neither kills the job nor counts toward its attempts; nor does a suspension,
+-- which parks the job until `retry_delay` from now.
 WITH outcome AS (
     SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::int[], %(kind)s::text[], %(result)s::bytea[],
                          %(result_encoding)s::text[], %(error)s::jsonb[], %(non_retryable)s::bool[],
@@ -99,6 +101,7 @@ WITH outcome AS (
     SELECT o.*, CASE
         WHEN o.kind = 'success' THEN 'success'
         WHEN o.kind = 'released' THEN 'pending'
+        WHEN o.kind = 'suspended' THEN 'suspended'
         WHEN o.non_retryable OR j.attempt - j.uncounted_attempts >= j.max_attempts THEN 'dead'
         ELSE 'pending' END AS next_state
     FROM outcome o JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
@@ -106,12 +109,12 @@ WITH outcome AS (
     -- The row is checked again under its lock: only a still-running attempt changes.
     UPDATE perdure.jobs AS j
     SET state = d.next_state,
-        uncounted_attempts = j.uncounted_attempts + (d.kind = 'released')::int,
+        uncounted_attempts = j.uncounted_attempts + (d.kind IN ('released', 'suspended'))::int,
         result = d.result,
         result_encoding = d.result_encoding,
         error = d.error,
-        run_at = CASE WHEN d.next_state = 'pending' THEN now() + d.retry_delay ELSE j.run_at END,
-        finished_at = CASE WHEN d.next_state = 'pending' THEN NULL ELSE now() END,
+        run_at = CASE WHEN d.next_state IN ('pending', 'suspended') THEN now() + d.retry_delay ELSE j.run_at END,
+        finished_at = CASE WHEN d.next_state IN ('pending', 'suspended') THEN NULL ELSE now() END,
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM decided d
     WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running'
@@ -179,7 +182,7 @@ RETURNING {job_columns}
 -- How long until the next pending job of these functions becomes runnable (null: none waits).
 SELECT extract(epoch FROM min(run_at) - now())::float8
 FROM perdure.jobs
-WHERE state = 'pending' AND namespace = %(namespace)s AND name = ANY(%(names)s)
+WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = ANY(%(names)s)
 
 -- record_steps --
 -- Record step outcomes, each only while its job runs under the same attempt. A succeeded

@@ -38,6 +38,8 @@ class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     JOB_EVENT_KIND_CANCELLED: _JobEventKind.ValueType  # 6
     JOB_EVENT_KIND_RETRIED: _JobEventKind.ValueType  # 7
     """A dead or cancelled job was sent back to pending by RetryJob."""
+    JOB_EVENT_KIND_SUSPENDED: _JobEventKind.ValueType  # 8
+    """The job parked itself (a durable sleep) until run_at."""
 
 class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper): ...
 
@@ -51,6 +53,8 @@ JOB_EVENT_KIND_DEAD: JobEventKind.ValueType  # 5
 JOB_EVENT_KIND_CANCELLED: JobEventKind.ValueType  # 6
 JOB_EVENT_KIND_RETRIED: JobEventKind.ValueType  # 7
 """A dead or cancelled job was sent back to pending by RetryJob."""
+JOB_EVENT_KIND_SUSPENDED: JobEventKind.ValueType  # 8
+"""The job parked itself (a durable sleep) until run_at."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
 @_typing.final
@@ -430,7 +434,7 @@ class JobEvent(_message.Message):
 
     @_builtins.property
     def run_at(self) -> _timestamp_pb2.Timestamp:
-        """For ENQUEUED and ATTEMPT_FAILED: when the job may run next."""
+        """For ENQUEUED, ATTEMPT_FAILED and SUSPENDED: when the job may run next."""
 
     def __init__(
         self,

@@ -112,6 +112,8 @@ class _AttemptOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Attemp
     """The job was cancelled while this attempt ran."""
     ATTEMPT_OUTCOME_RELEASED: _AttemptOutcome.ValueType  # 8
     """The sidecar shut down before the handler finished and handed the job back."""
+    ATTEMPT_OUTCOME_SUSPENDED: _AttemptOutcome.ValueType  # 9
+    """The handler suspended the job (a durable sleep); a later attempt resumes it."""
 
 class AttemptOutcome(_AttemptOutcome, metaclass=_AttemptOutcomeEnumTypeWrapper): ...
 
@@ -131,6 +133,8 @@ ATTEMPT_OUTCOME_CANCELLED: AttemptOutcome.ValueType  # 7
 """The job was cancelled while this attempt ran."""
 ATTEMPT_OUTCOME_RELEASED: AttemptOutcome.ValueType  # 8
 """The sidecar shut down before the handler finished and handed the job back."""
+ATTEMPT_OUTCOME_SUSPENDED: AttemptOutcome.ValueType  # 9
+"""The handler suspended the job (a durable sleep); a later attempt resumes it."""
 Global___AttemptOutcome: _TypeAlias = AttemptOutcome  # noqa: Y015
 
 class _StepStatus:

@@ -317,6 +317,7 @@ class Outcome(_message.Message):
     SUCCESS_FIELD_NUMBER: _builtins.int
     FAILURE_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
+    SUSPEND_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     attempt: _builtins.int
     @_builtins.property
@@ -333,6 +334,10 @@ class Outcome(_message.Message):
         down, which hands the job back (it runs again at once; the attempt does not count).
         """
 
+    @_builtins.property
+    def suspend(self) -> Global___Suspend:
+        """The handler parks the job: it frees its slot and runs again (replaying its steps) later."""
+
     def __init__(
         self,
         *,
@@ -341,16 +346,39 @@ class Outcome(_message.Message):
         success: _types_pb2.Payload | None = ...,
         failure: _types_pb2.JobError | None = ...,
         cancelled: Global___Cancelled | None = ...,
+        suspend: Global___Suspend | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "failure", b"failure", "result", b"result", "success", b"success"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "failure", b"failure", "result", b"result", "success", b"success", "suspend", b"suspend"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled", b"cancelled", "failure", b"failure", "job_id", b"job_id", "result", b"result", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cancelled", b"cancelled", "failure", b"failure", "job_id", b"job_id", "result", b"result", "success", b"success", "suspend", b"suspend"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["success", "failure", "cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["success", "failure", "cancelled", "suspend"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
+
+@_typing.final
+class Suspend(_message.Message):
+    """Suspend the job until a time (a durable sleep). The attempt does not count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suspend: _TypeAlias = Suspend  # noqa: Y015
 
 @_typing.final
 class OutcomeAck(_message.Message):
