@@ -119,8 +119,17 @@ def handlers(files: Files) -> dict[str, Callable[..., Any]]:
                 await held_after(token, str(i))
         return 50
 
+    async def nap(token: str, seconds: float) -> dict[str, Any]:
+        """A side effect, a durable sleep, another side effect; says which process finished it."""
+        ctx = context()
+        await ctx.step("before", side_effect, token, "before")
+        await ctx.sleep(seconds)
+        await ctx.step("after", side_effect, token, "after")
+        return {"token": token, "pid": PID}
+
     return {
         "e2e:hold": hold,
+        "e2e:nap": nap,
         "e2e:poison": poison,
         "e2e:hang_once": hang_once,
         "e2e:hang_always": hang_always,

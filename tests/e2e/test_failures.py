@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,38 @@ async def test_steps__app_killed_after_a_checkpoint_resumes_without_running_reco
     assert words(shared_dir / "effects-t") == expected_effects
     assert outcomes(details) == ["worker_lost", "succeeded"]
     assert len(details.steps) == len(expected_effects)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_sleep__spans_a_restart_of_the_sidecar(perdured, app, shared_dir) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    sidecar = perdured("--listen", listen)
+    worker = await app(sidecar.address, "e2e:nap")
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:nap", "t", 1.0)
+        await details_when(handle, lambda d: d.status == "suspended", "the job to fall asleep")
+    sidecar.kill()
+    restarted = perdured("--listen", listen)  # the app's worker reconnects to the same address
+    async with Perdure(address=restarted.address) as client:
+        handle = client.handle(handle.id)
+        assert await handle.result(timeout=WAIT) == {"token": "t", "pid": worker.pid}
+        details = await handle.details()
+    assert words(shared_dir / "effects-t") == ["before", "after"]
+    assert outcomes(details) == ["suspended", "succeeded"]
+
+
+async def test_sleep__wakes_on_another_worker_when_its_own_is_gone(perdured, app, shared_dir) -> None:
+    sidecar = perdured()
+    first = await app(sidecar.address, "e2e:nap")
+    async with Perdure(address=sidecar.address) as client:
+        handle = await client.enqueue("e2e:nap", "t", 1.0)
+        await details_when(handle, lambda d: d.status == "suspended", "the job to fall asleep")
+        first.kill()
+        second = await app(sidecar.address, "e2e:nap")
+        assert await handle.result(timeout=WAIT) == {"token": "t", "pid": second.pid}
+    assert words(shared_dir / "effects-t") == ["before", "after"]

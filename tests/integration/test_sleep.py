@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -48,7 +48,7 @@ async def test_sleep_until__a_time_in_the_past_goes_straight_on(make_client) -> 
     @perdure.durable("late")
     async def late() -> int:
         ctx = sdk.context()
-        await ctx.sleep_until(datetime.now(timezone.utc) - timedelta(seconds=5))
+        await ctx.sleep_until(datetime.now(UTC) - timedelta(seconds=5))
         await ctx.sleep(0)
         return ctx.attempt
 
