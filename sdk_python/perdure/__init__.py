@@ -27,7 +27,7 @@ from perdure._errors import (
     SidecarUnavailableError,
     StepNotRecordedError,
 )
-from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, StepInfo
+from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, LogInfo, ProgressInfo, StepInfo
 from perdure._options import JobOptions
 from perdure._worker import JobEvent
 
@@ -47,11 +47,13 @@ __all__ = [
     "JobHandle",
     "JobNotFoundError",
     "JobOptions",
+    "LogInfo",
     "NonRetryableError",
     "NotInJobError",
     "NotStartedError",
     "Perdure",
     "PerdureError",
+    "ProgressInfo",
     "SidecarUnavailableError",
     "StepInfo",
     "StepNotRecordedError",

@@ -11,7 +11,7 @@ from typing import Any
 
 from perdure import _serde
 from perdure._errors import NotInJobError, StepNotRecordedError
-from perdure.v1 import types_pb2
+from perdure.v1 import types_pb2, workers_pb2
 
 # Records a step: (name, result payload or None, error or None) -> whether it was written.
 Recorder = Callable[[str, types_pb2.Payload | None, types_pb2.JobError | None], Awaitable[bool]]
@@ -25,7 +25,8 @@ class JobContext:
     """
 
     def __init__(self, *, job_id: str, name: str, namespace: str, attempt: int, max_attempts: int,
-                 recorded: dict[str, Any], record: Recorder) -> None:
+                 recorded: dict[str, Any], record: Recorder,
+                 send: Callable[[workers_pb2.WorkerMessage], None]) -> None:
         self.job_id = job_id
         self.name = name
         self.namespace = namespace
@@ -33,7 +34,23 @@ class JobContext:
         self.max_attempts = max_attempts
         self._recorded = recorded
         self._record = record
+        self._send = send
         self._seen: dict[str, int] = {}
+        self.log = JobLog(self)
+        """`ctx.log.info("...")` (and debug, warning, error): kept with the job, streamed to watchers."""
+
+    def heartbeat(self) -> None:
+        """Prove the handler is alive: the sidecar extends this attempt's lease at once."""
+        self._send(workers_pb2.WorkerMessage(heartbeat=workers_pb2.Heartbeat(job_id=self.job_id, attempt=self.attempt)))
+
+    def progress(self, current: float, total: float, message: str | None = None) -> None:
+        """Report how far the job has come; the last report is kept with the job and streamed."""
+        for label, value in (("current", current), ("total", total)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"progress {label} must be a number, got {value!r}")
+        self._send(workers_pb2.WorkerMessage(progress=workers_pb2.ReportProgress(
+            job_id=self.job_id, attempt=self.attempt,
+            progress=types_pb2.Progress(current=current, total=total, message=message or ""))))
 
     def __repr__(self) -> str:
         return f"JobContext(job_id={self.job_id!r}, name={self.name!r}, attempt={self.attempt})"
@@ -98,6 +115,31 @@ class JobContext:
         """The checkpoint name for the n-th use of `name` in this run: name, name#2, ..."""
         count = self._seen[name] = self._seen.get(name, 0) + 1
         return name if count == 1 else f"{name}#{count}"
+
+
+class JobLog:
+    """Log records kept with the job (not only in this process's log)."""
+
+    def __init__(self, context: JobContext) -> None:
+        self._context = context
+
+    def debug(self, message: str) -> None:
+        self._write(types_pb2.LOG_LEVEL_DEBUG, message)
+
+    def info(self, message: str) -> None:
+        self._write(types_pb2.LOG_LEVEL_INFO, message)
+
+    def warning(self, message: str) -> None:
+        self._write(types_pb2.LOG_LEVEL_WARNING, message)
+
+    def error(self, message: str) -> None:
+        self._write(types_pb2.LOG_LEVEL_ERROR, message)
+
+    def _write(self, level: types_pb2.LogLevel.ValueType, message: str) -> None:
+        context = self._context
+        context._send(workers_pb2.WorkerMessage(log=workers_pb2.ReportLog(
+            job_id=context.job_id,
+            record=types_pb2.LogRecord(attempt=context.attempt, level=level, message=str(message)))))
 
 
 class Suspend(BaseException):

@@ -18,6 +18,7 @@ STATES = {value: name.removeprefix("JOB_STATE_").lower() for name, value in type
 OUTCOMES = {value: name.removeprefix("ATTEMPT_OUTCOME_").lower()
             for name, value in types_pb2.AttemptOutcome.items()}
 STEP_STATUSES = {value: name.removeprefix("STEP_STATUS_").lower() for name, value in types_pb2.StepStatus.items()}
+LOG_LEVELS = {value: name.removeprefix("LOG_LEVEL_").lower() for name, value in types_pb2.LogLevel.items()}
 BACKOFFS = {value: name.removeprefix("BACKOFF_").lower() for name, value in types_pb2.Backoff.items()}
 # AwaitJob blocks at most this long per call; result() loops.
 _AWAIT_SLICE = 60.0
@@ -53,6 +54,22 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class ProgressInfo:
+    current: float
+    total: float
+    message: str
+    at: datetime | None
+
+
+@dataclass(frozen=True)
+class LogInfo:
+    attempt: int
+    level: str  # debug | info | warning | error
+    message: str
+    at: datetime | None
+
+
+@dataclass(frozen=True)
 class JobDetails:
     """Everything GetJob returns, in Python terms (times as aware datetimes, durations in seconds)."""
 
@@ -79,6 +96,8 @@ class JobDetails:
     finished_at: datetime | None
     attempts: list[AttemptRecord]
     steps: list[StepInfo]
+    progress: ProgressInfo | None
+    logs: list[LogInfo]
 
 
 def _time(job: Any, field: str) -> datetime | None:
@@ -120,6 +139,9 @@ def details_from(job: types_pb2.Job) -> JobDetails:
             )
             for step in job.steps
         ],
+        progress=ProgressInfo(job.progress.current, job.progress.total, job.progress.message,
+                              _time(job.progress, "at")) if job.HasField("progress") else None,
+        logs=[LogInfo(r.attempt, LOG_LEVELS.get(r.level, "info"), r.message, _time(r, "at")) for r in job.logs],
     )
 
 

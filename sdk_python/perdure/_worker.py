@@ -134,6 +134,7 @@ class Worker:
             attempt=assignment.attempt, max_attempts=assignment.max_attempts,
             recorded={step.name: _serde.decode_result(step.result) for step in assignment.steps},
             record=functools.partial(self._record_step, assignment.job_id, assignment.attempt),
+            send=self._outbox.put_nowait,
         )
         info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
         outcome = workers_pb2.Outcome(job_id=job.job_id, attempt=job.attempt)

@@ -38,7 +38,10 @@ EVENT_KINDS = {
     "cancelled": jobs_pb2.JOB_EVENT_KIND_CANCELLED,
     "retried": jobs_pb2.JOB_EVENT_KIND_RETRIED,
     "suspended": jobs_pb2.JOB_EVENT_KIND_SUSPENDED,
+    "progress": jobs_pb2.JOB_EVENT_KIND_PROGRESS,
+    "log": jobs_pb2.JOB_EVENT_KIND_LOG,
 }
+LOG_LEVELS = {value: name.removeprefix("LOG_LEVEL_").lower() for name, value in types_pb2.LogLevel.items() if value}
 
 
 def timestamp(value: datetime | float | None) -> Timestamp | None:
@@ -96,8 +99,19 @@ def step(row: dict[str, Any]) -> types_pb2.Step:
     return message
 
 
+def progress(value: dict[str, Any]) -> types_pb2.Progress:
+    return types_pb2.Progress(current=value.get("current", 0.0), total=value.get("total", 0.0),
+                              message=value.get("message") or "", at=timestamp(value.get("at")))
+
+
+def log_record(level: str, message: str, attempt: int, at: datetime | float | None) -> types_pb2.LogRecord:
+    levels = {name: value for value, name in LOG_LEVELS.items()}
+    return types_pb2.LogRecord(attempt=attempt, level=levels.get(level, types_pb2.LOG_LEVEL_UNSPECIFIED),
+                               message=message, at=timestamp(at))
+
+
 def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
-        steps: list[dict[str, Any]] | None = None) -> types_pb2.Job:
+        steps: list[dict[str, Any]] | None = None, logs: list[dict[str, Any]] | None = None) -> types_pb2.Job:
     message = types_pb2.Job(
         id=str(row["id"]),
         namespace=row["namespace"],
@@ -125,6 +139,10 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
         message.attempts.extend(attempt(a) for a in attempts)
     if steps:
         message.steps.extend(step(s) for s in steps)
+    if row.get("progress"):
+        message.progress.CopyFrom(progress(row["progress"]))
+    if logs:
+        message.logs.extend(log_record(r["level"], r["message"], r["attempt"], r["at"]) for r in logs)
     return message
 
 
@@ -139,4 +157,8 @@ def event(value: JobEvent) -> jobs_pb2.JobEvent:
         message.error.CopyFrom(types_pb2.JobError(type=value.error_type, message=value.error_message or ""))
     if value.kind in ("enqueued", "attempt_failed", "retried", "suspended"):
         message.run_at.FromNanoseconds(int((value.at + value.run_in) * 1e9))
+    if value.progress is not None:
+        message.progress.CopyFrom(progress(value.progress))
+    if value.log is not None:
+        message.log.CopyFrom(log_record(value.log["level"], value.log["message"], value.attempt, value.at))
     return message

@@ -9,6 +9,7 @@ after it is committed. When a stream drops, the jobs it held go back at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -30,7 +31,8 @@ from perdured.logs import log
 from perdured.rpc import abort
 from perdured.store import TERMINAL_STATES, Outcome, StepRecord, Store
 
-Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
+Group = tuple[str, frozenset[str]]
+MAX_NOTE = 8_000  # characters kept of a progress message or a log record  # (namespace, function names): workers that can share a claim
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -96,6 +98,8 @@ class Dispatcher:
         self._by_job: dict[uuid.UUID, Assignment] = {}
         self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch)
         self._steps: Batcher[StepRecord, bool] = Batcher(self._record_steps)
+        self._progress: Batcher[tuple[uuid.UUID, int, dict[str, Any]], None] = Batcher(self._write_progress)
+        self._logs: Batcher[tuple[uuid.UUID, int, str, str], None] = Batcher(self._write_logs)
         self._serial = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -148,6 +152,12 @@ class Dispatcher:
                     self._spawn(self._on_outcome(session, message.outcome))
                 elif message.HasField("record_step"):
                     self._spawn(self._on_step(session, message.record_step))
+                elif message.HasField("heartbeat"):
+                    self._spawn(self._on_heartbeat(session, message.heartbeat))
+                elif message.HasField("progress"):
+                    self._on_progress(message.progress)
+                elif message.HasField("log"):
+                    self._on_log(message.log)
                 elif message.HasField("drain"):
                     session.draining = True
                     log.info("worker.draining", worker_id=session.id, holding=len(session.assignments))
@@ -280,12 +290,40 @@ class Dispatcher:
         session.send(workers_pb2.SidecarMessage(step_ack=workers_pb2.StepAck(
             job_id=step.job_id, attempt=step.attempt, name=step.name, recorded=recorded)))
 
+    async def _on_heartbeat(self, session: WorkerSession, beat: workers_pb2.Heartbeat) -> None:
+        """Extend one attempt's lease at once (the periodic renewal covers the rest)."""
+        with contextlib.suppress(ValueError):
+            assignment = session.assignments.get((uuid.UUID(beat.job_id), beat.attempt))
+            if assignment is not None and not assignment.ended:
+                await self.store.renew_leases([assignment.job_id], self.lease, self.sidecar_id)
+
+    def _on_progress(self, report: workers_pb2.ReportProgress) -> None:
+        # Progress and logs are for people: written in the background, in batches, unacknowledged.
+        with contextlib.suppress(ValueError):
+            value = {"current": report.progress.current, "total": report.progress.total,
+                     "message": report.progress.message[:MAX_NOTE]}
+            self._spawn(self._progress.submit((uuid.UUID(report.job_id), report.attempt, value)))
+
+    def _on_log(self, report: workers_pb2.ReportLog) -> None:
+        with contextlib.suppress(ValueError):
+            level = convert.LOG_LEVELS.get(report.record.level, "info")
+            record = (uuid.UUID(report.job_id), report.record.attempt, level, report.record.message[:MAX_NOTE])
+            self._spawn(self._logs.submit(record))
+
     async def _record_steps(self, records: list[StepRecord]) -> list[bool]:
         # One statement may not write a row twice: only the first report of a step counts.
         first = list({(r.job_id, r.name): r for r in reversed(records)}.values())
         counted = {id(r) for r in first}
         written = await self.store.record_steps(first)
         return [id(r) in counted and (r.job_id, r.name) in written for r in records]
+
+    async def _write_progress(self, reports: list[tuple[uuid.UUID, int, dict[str, Any]]]) -> list[None]:
+        await self.store.record_progress(reports)
+        return [None] * len(reports)
+
+    async def _write_logs(self, records: list[tuple[uuid.UUID, int, str, str]]) -> list[None]:
+        await self.store.record_logs(records)
+        return [None] * len(records)
 
     def _outcome_record(self, assignment: Assignment, outcome: workers_pb2.Outcome) -> Outcome:
         kind = outcome.WhichOneof("result")

@@ -25,7 +25,7 @@ CHANNEL = "perdure_events"
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried
+    kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried | suspended | progress | log
     job_id: uuid.UUID
     namespace: str
     name: str
@@ -35,6 +35,8 @@ class JobEvent:
     run_in: float  # seconds from `at` until the job may run (for pending jobs)
     error_type: str | None = None
     error_message: str | None = None
+    progress: dict[str, Any] | None = None  # for kind "progress"
+    log: dict[str, Any] | None = None  # for kind "log": {"level", "message"}
 
     @property
     def terminal(self) -> bool:
@@ -47,7 +49,7 @@ class JobEvent:
             kind=data["kind"], job_id=uuid.UUID(data["id"]), namespace=data["namespace"],
             name=data["name"], attempt=data["attempt"], state=data["state"], at=data["at"],
             run_in=data["run_at"] - data["at"], error_type=data.get("error_type"),
-            error_message=data.get("error_message"),
+            error_message=data.get("error_message"), progress=data.get("progress"), log=data.get("log"),
         )
 
 

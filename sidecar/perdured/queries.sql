@@ -209,3 +209,42 @@ ORDER BY recorded_at
 -- A job's steps, oldest first.
 SELECT job_id, name, status, attempt, result, result_encoding, error, recorded_at
 FROM perdure.steps WHERE job_id = %(id)s ORDER BY recorded_at, name
+
+-- record_progress --
+-- Keep each job's last reported progress (only from its latest attempt, even if that attempt
+-- has just finished: the report may land after the outcome) and notify watchers.
+WITH reported AS (
+    SELECT DISTINCT ON (id) * FROM unnest(%(id)s::uuid[], %(attempt)s::int[], %(progress)s::jsonb[])
+        WITH ORDINALITY AS p(id, attempt, progress, n)
+    ORDER BY id, n DESC
+), updated AS (
+    UPDATE perdure.jobs AS j SET progress = r.progress || jsonb_build_object('at', extract(epoch FROM now()))
+    FROM reported r WHERE j.id = r.id AND j.attempt = r.attempt
+    RETURNING j.id, j.namespace, j.name, j.attempt, j.state, j.progress
+)
+SELECT pg_notify('perdure_events', json_build_object(
+    'kind', 'progress', 'id', id, 'namespace', namespace, 'name', name, 'attempt', attempt,
+    'state', state, 'at', extract(epoch FROM clock_timestamp()), 'run_at', extract(epoch FROM now()),
+    'progress', progress)::text)
+FROM updated
+
+-- record_logs --
+-- Store log records of running jobs and notify watchers (messages shortened for NOTIFY).
+WITH inserted AS (
+    INSERT INTO perdure.job_logs (job_id, attempt, level, message)
+    SELECT l.job_id, l.attempt, l.level, l.message
+    FROM unnest(%(job_id)s::uuid[], %(attempt)s::int[], %(level)s::text[], %(message)s::text[])
+        WITH ORDINALITY AS l(job_id, attempt, level, message, n)
+    JOIN perdure.jobs j ON j.id = l.job_id
+    ORDER BY l.n
+    RETURNING job_id, attempt, level, message, at
+)
+SELECT pg_notify('perdure_events', json_build_object(
+    'kind', 'log', 'id', i.job_id, 'namespace', j.namespace, 'name', j.name, 'attempt', i.attempt,
+    'state', j.state, 'at', extract(epoch FROM i.at), 'run_at', extract(epoch FROM j.run_at),
+    'log', json_build_object('level', i.level, 'message', left(i.message, 4000)))::text)
+FROM inserted i JOIN perdure.jobs j ON j.id = i.job_id
+
+-- get_logs --
+-- A job's log records, oldest first.
+SELECT attempt, level, message, at FROM perdure.job_logs WHERE job_id = %(id)s ORDER BY seq

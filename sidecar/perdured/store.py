@@ -20,7 +20,7 @@ from perdured.validation import NewJob
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
     "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
-    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at"
+    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress"
 )
 
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
@@ -209,6 +209,24 @@ class Store:
 
     async def get_steps(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         return await self._all("get_steps", {"id": job_id})
+
+    async def record_progress(self, reports: list[tuple[uuid.UUID, int, dict[str, Any]]]) -> None:
+        """Keep each job's last progress, from its current attempt only (the last report wins)."""
+        await self._all("record_progress", {
+            "id": [job_id for job_id, _, _ in reports],
+            "attempt": [attempt for _, attempt, _ in reports],
+            "progress": [Jsonb(progress) for _, _, progress in reports],
+        })
+
+    async def record_logs(self, records: list[tuple[uuid.UUID, int, str, str]]) -> None:
+        """Store (job id, attempt, level, message) records, in order."""
+        await self._all("record_logs", {
+            "job_id": [r[0] for r in records], "attempt": [r[1] for r in records],
+            "level": [r[2] for r in records], "message": [r[3] for r in records],
+        })
+
+    async def get_logs(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        return await self._all("get_logs", {"id": job_id})
 
     async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
         rows = await self._all("renew_leases", {

@@ -21,6 +21,6 @@ def test_public_api__is_pinned() -> None:
     assert sorted(perdure.__all__) == [
         "AttemptRecord", "DurableFunction", "ErrorInfo", "InvalidArgumentError", "JobCancelledError",
         "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
-        "JobNotFoundError", "JobOptions", "NonRetryableError", "NotInJobError", "NotStartedError", "Perdure",
-        "PerdureError", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
+        "JobNotFoundError", "JobOptions", "LogInfo", "NonRetryableError", "NotInJobError", "NotStartedError",
+        "Perdure", "PerdureError", "ProgressInfo", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
     ]

@@ -40,6 +40,10 @@ class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     """A dead or cancelled job was sent back to pending by RetryJob."""
     JOB_EVENT_KIND_SUSPENDED: _JobEventKind.ValueType  # 8
     """The job parked itself (a durable sleep) until run_at."""
+    JOB_EVENT_KIND_PROGRESS: _JobEventKind.ValueType  # 9
+    """The handler reported progress (see `progress`)."""
+    JOB_EVENT_KIND_LOG: _JobEventKind.ValueType  # 10
+    """The handler logged a record (see `log`)."""
 
 class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper): ...
 
@@ -55,6 +59,10 @@ JOB_EVENT_KIND_RETRIED: JobEventKind.ValueType  # 7
 """A dead or cancelled job was sent back to pending by RetryJob."""
 JOB_EVENT_KIND_SUSPENDED: JobEventKind.ValueType  # 8
 """The job parked itself (a durable sleep) until run_at."""
+JOB_EVENT_KIND_PROGRESS: JobEventKind.ValueType  # 9
+"""The handler reported progress (see `progress`)."""
+JOB_EVENT_KIND_LOG: JobEventKind.ValueType  # 10
+"""The handler logged a record (see `log`)."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
 @_typing.final
@@ -420,6 +428,8 @@ class JobEvent(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     RUN_AT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
     kind: Global___JobEventKind.ValueType
     job_id: _builtins.str
     namespace: _builtins.str
@@ -436,6 +446,14 @@ class JobEvent(_message.Message):
     def run_at(self) -> _timestamp_pb2.Timestamp:
         """For ENQUEUED, ATTEMPT_FAILED and SUSPENDED: when the job may run next."""
 
+    @_builtins.property
+    def progress(self) -> _types_pb2.Progress:
+        """For PROGRESS."""
+
+    @_builtins.property
+    def log(self) -> _types_pb2.LogRecord:
+        """For LOG."""
+
     def __init__(
         self,
         *,
@@ -448,10 +466,12 @@ class JobEvent(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         error: _types_pb2.JobError | None = ...,
         run_at: _timestamp_pb2.Timestamp | None = ...,
+        progress: _types_pb2.Progress | None = ...,
+        log: _types_pb2.LogRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "error", b"error", "run_at", b"run_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "error", b"error", "log", b"log", "progress", b"progress", "run_at", b"run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "error", b"error", "job_id", b"job_id", "kind", b"kind", "name", b"name", "namespace", b"namespace", "run_at", b"run_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "error", b"error", "job_id", b"job_id", "kind", b"kind", "log", b"log", "name", b"name", "namespace", b"namespace", "progress", b"progress", "run_at", b"run_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

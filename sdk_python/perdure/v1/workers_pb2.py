@@ -26,41 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from perdure.v1 import types_pb2 as perdure_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18perdure/v1/workers.proto\x12\nperdure.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16perdure/v1/types.proto\"\xbc\x01\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.perdure.v1.RegisterH\x00\x12&\n\x07outcome\x18\x02 \x01(\x0b\x32\x13.perdure.v1.OutcomeH\x00\x12\"\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x11.perdure.v1.DrainH\x00\x12-\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x16.perdure.v1.RecordStepH\x00\x42\x06\n\x04kind\"\xf4\x01\n\x0eSidecarMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.perdure.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.perdure.v1.AssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.perdure.v1.CancelAssignmentH\x00\x12%\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x16.perdure.v1.OutcomeAckH\x00\x12\'\n\x08step_ack\x18\x05 \x01(\x0b\x32\x13.perdure.v1.StepAckH\x00\x42\x06\n\x04kind\"c\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x13\n\x0bworker_name\x18\x04 \x01(\t\x12\x0b\n\x03sdk\x18\x05 \x01(\t\"\x07\n\x05\x44rain\"3\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsidecar_id\x18\x02 \x01(\t\"\xec\x01\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12$\n\x07payload\x18\x05 \x01(\x0b\x32\x13.perdure.v1.Payload\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x1f\n\x05steps\x18\t \x03(\x0b\x32\x10.perdure.v1.Step\"]\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.perdure.v1.CancelReason\"\x0b\n\tCancelled\"\xd9\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x07success\x18\x03 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x12*\n\tcancelled\x18\x05 \x01(\x0b\x32\x15.perdure.v1.CancelledH\x00\x12&\n\x07suspend\x18\x06 \x01(\x0b\x32\x13.perdure.v1.SuspendH\x00\x42\x08\n\x06result\"4\n\x07Suspend\x12)\n\x05until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\nOutcomeAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.perdure.v1.JobState\"\x94\x01\n\nRecordStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x42\t\n\x07outcome\"J\n\x07StepAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08recorded\x18\x04 \x01(\x08*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_CANCELLED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04\x32L\n\x07Workers\x12\x41\n\x04Work\x12\x19.perdure.v1.WorkerMessage\x1a\x1a.perdure.v1.SidecarMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18perdure/v1/workers.proto\x12\nperdure.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16perdure/v1/types.proto\"\xbe\x02\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.perdure.v1.RegisterH\x00\x12&\n\x07outcome\x18\x02 \x01(\x0b\x32\x13.perdure.v1.OutcomeH\x00\x12\"\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x11.perdure.v1.DrainH\x00\x12-\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x16.perdure.v1.RecordStepH\x00\x12*\n\theartbeat\x18\x05 \x01(\x0b\x32\x15.perdure.v1.HeartbeatH\x00\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1a.perdure.v1.ReportProgressH\x00\x12$\n\x03log\x18\x07 \x01(\x0b\x32\x15.perdure.v1.ReportLogH\x00\x42\x06\n\x04kind\"\xf4\x01\n\x0eSidecarMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.perdure.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.perdure.v1.AssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.perdure.v1.CancelAssignmentH\x00\x12%\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x16.perdure.v1.OutcomeAckH\x00\x12\'\n\x08step_ack\x18\x05 \x01(\x0b\x32\x13.perdure.v1.StepAckH\x00\x42\x06\n\x04kind\"c\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x13\n\x0bworker_name\x18\x04 \x01(\t\x12\x0b\n\x03sdk\x18\x05 \x01(\t\"\x07\n\x05\x44rain\"3\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsidecar_id\x18\x02 \x01(\t\"\xec\x01\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12$\n\x07payload\x18\x05 \x01(\x0b\x32\x13.perdure.v1.Payload\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x1f\n\x05steps\x18\t \x03(\x0b\x32\x10.perdure.v1.Step\"]\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.perdure.v1.CancelReason\"\x0b\n\tCancelled\"\xd9\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x07success\x18\x03 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x12*\n\tcancelled\x18\x05 \x01(\x0b\x32\x15.perdure.v1.CancelledH\x00\x12&\n\x07suspend\x18\x06 \x01(\x0b\x32\x13.perdure.v1.SuspendH\x00\x42\x08\n\x06result\"4\n\x07Suspend\x12)\n\x05until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\nOutcomeAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.perdure.v1.JobState\"\x94\x01\n\nRecordStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x42\t\n\x07outcome\"J\n\x07StepAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08recorded\x18\x04 \x01(\x08\",\n\tHeartbeat\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"Y\n\x0eReportProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.perdure.v1.Progress\"B\n\tReportLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06record\x18\x02 \x01(\x0b\x32\x15.perdure.v1.LogRecord*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_CANCELLED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04\x32L\n\x07Workers\x12\x41\n\x04Work\x12\x19.perdure.v1.WorkerMessage\x1a\x1a.perdure.v1.SidecarMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'perdure.v1.workers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANCELREASON']._serialized_start=1649
-  _globals['_CANCELREASON']._serialized_end=1808
+  _globals['_CANCELREASON']._serialized_start=1984
+  _globals['_CANCELREASON']._serialized_end=2143
   _globals['_WORKERMESSAGE']._serialized_start=98
-  _globals['_WORKERMESSAGE']._serialized_end=286
-  _globals['_SIDECARMESSAGE']._serialized_start=289
-  _globals['_SIDECARMESSAGE']._serialized_end=533
-  _globals['_REGISTER']._serialized_start=535
-  _globals['_REGISTER']._serialized_end=634
-  _globals['_DRAIN']._serialized_start=636
-  _globals['_DRAIN']._serialized_end=643
-  _globals['_REGISTERED']._serialized_start=645
-  _globals['_REGISTERED']._serialized_end=696
-  _globals['_ASSIGNMENT']._serialized_start=699
-  _globals['_ASSIGNMENT']._serialized_end=935
-  _globals['_CANCELASSIGNMENT']._serialized_start=937
-  _globals['_CANCELASSIGNMENT']._serialized_end=1030
-  _globals['_CANCELLED']._serialized_start=1032
-  _globals['_CANCELLED']._serialized_end=1043
-  _globals['_OUTCOME']._serialized_start=1046
-  _globals['_OUTCOME']._serialized_end=1263
-  _globals['_SUSPEND']._serialized_start=1265
-  _globals['_SUSPEND']._serialized_end=1317
-  _globals['_OUTCOMEACK']._serialized_start=1319
-  _globals['_OUTCOMEACK']._serialized_end=1419
-  _globals['_RECORDSTEP']._serialized_start=1422
-  _globals['_RECORDSTEP']._serialized_end=1570
-  _globals['_STEPACK']._serialized_start=1572
-  _globals['_STEPACK']._serialized_end=1646
-  _globals['_WORKERS']._serialized_start=1810
-  _globals['_WORKERS']._serialized_end=1886
+  _globals['_WORKERMESSAGE']._serialized_end=416
+  _globals['_SIDECARMESSAGE']._serialized_start=419
+  _globals['_SIDECARMESSAGE']._serialized_end=663
+  _globals['_REGISTER']._serialized_start=665
+  _globals['_REGISTER']._serialized_end=764
+  _globals['_DRAIN']._serialized_start=766
+  _globals['_DRAIN']._serialized_end=773
+  _globals['_REGISTERED']._serialized_start=775
+  _globals['_REGISTERED']._serialized_end=826
+  _globals['_ASSIGNMENT']._serialized_start=829
+  _globals['_ASSIGNMENT']._serialized_end=1065
+  _globals['_CANCELASSIGNMENT']._serialized_start=1067
+  _globals['_CANCELASSIGNMENT']._serialized_end=1160
+  _globals['_CANCELLED']._serialized_start=1162
+  _globals['_CANCELLED']._serialized_end=1173
+  _globals['_OUTCOME']._serialized_start=1176
+  _globals['_OUTCOME']._serialized_end=1393
+  _globals['_SUSPEND']._serialized_start=1395
+  _globals['_SUSPEND']._serialized_end=1447
+  _globals['_OUTCOMEACK']._serialized_start=1449
+  _globals['_OUTCOMEACK']._serialized_end=1549
+  _globals['_RECORDSTEP']._serialized_start=1552
+  _globals['_RECORDSTEP']._serialized_end=1700
+  _globals['_STEPACK']._serialized_start=1702
+  _globals['_STEPACK']._serialized_end=1776
+  _globals['_HEARTBEAT']._serialized_start=1778
+  _globals['_HEARTBEAT']._serialized_end=1822
+  _globals['_REPORTPROGRESS']._serialized_start=1824
+  _globals['_REPORTPROGRESS']._serialized_end=1913
+  _globals['_REPORTLOG']._serialized_start=1915
+  _globals['_REPORTLOG']._serialized_end=1981
+  _globals['_WORKERS']._serialized_start=2145
+  _globals['_WORKERS']._serialized_end=2221
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,9 @@ class WorkerMessage(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     RECORD_STEP_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    LOG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -73,6 +76,12 @@ class WorkerMessage(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def record_step(self) -> Global___RecordStep: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def progress(self) -> Global___ReportProgress: ...
+    @_builtins.property
+    def log(self) -> Global___ReportLog: ...
     def __init__(
         self,
         *,
@@ -80,12 +89,15 @@ class WorkerMessage(_message.Message):
         outcome: Global___Outcome | None = ...,
         drain: Global___Drain | None = ...,
         record_step: Global___RecordStep | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+        progress: Global___ReportProgress | None = ...,
+        log: Global___ReportLog | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "kind", b"kind", "outcome", b"outcome", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain", "record_step"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain", "record_step", "heartbeat", "progress", "log"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -485,3 +497,80 @@ class StepAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepAck: _TypeAlias = StepAck  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """The handler is alive: extend this attempt's lease now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class ReportProgress(_message.Message):
+    """Store the attempt's progress with the job (the last one wins) and stream it to watchers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    attempt: _builtins.int
+    @_builtins.property
+    def progress(self) -> _types_pb2.Progress: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        progress: _types_pb2.Progress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "progress", b"progress"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportProgress: _TypeAlias = ReportProgress  # noqa: Y015
+
+@_typing.final
+class ReportLog(_message.Message):
+    """Store a log record with the job and stream it to watchers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    @_builtins.property
+    def record(self) -> _types_pb2.LogRecord: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        record: _types_pb2.LogRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLog: _TypeAlias = ReportLog  # noqa: Y015
