@@ -15,6 +15,7 @@
 from perdure._client import DurableFunction, Perdure
 from perdure._context import JobContext, context
 from perdure._errors import (
+    EventTimeoutError,
     InvalidArgumentError,
     JobCancelledError,
     JobDeadError,
@@ -37,6 +38,7 @@ __all__ = [
     "AttemptRecord",
     "DurableFunction",
     "ErrorInfo",
+    "EventTimeoutError",
     "InvalidArgumentError",
     "JobCancelledError",
     "JobContext",

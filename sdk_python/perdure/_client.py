@@ -24,7 +24,7 @@ from perdure._handle import JobHandle
 from perdure._options import JobOptions
 from perdure._sidecar import LocalSidecar
 from perdure._worker import Callback, JobEvent, Worker
-from perdure.v1 import jobs_pb2_grpc
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -79,7 +79,8 @@ class Perdure:
             # Only a process with handlers takes work, and only for the names it has.
             handlers = {name: fn.fn for name, fn in self._functions.items()}
             self._worker = Worker(self._channel, namespace=self.namespace, handlers=handlers,
-                                  concurrency=self.worker_concurrency, emit=self._emit)
+                                  concurrency=self.worker_concurrency, emit=self._emit,
+                                  get_event=self._get_event)
             self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
 
     async def stop(self) -> None:
@@ -135,6 +136,27 @@ class Perdure:
         """Enqueue a call of `name` by name (its handler may live in another process or language).
         Keyword arguments are job options (idempotency_key, max_attempts, timeout, delay, ...)."""
         return await self._enqueue(name, args, {}, JobOptions().merged(**options))
+
+    async def emit_event(self, name: str, payload: Any = None) -> int:
+        """Emit the durable event `name` with a JSON payload: jobs waiting for it
+        (ctx.wait_for_event) wake up, and jobs that wait for it later get it at once.
+        Emitting it again replaces the payload. Returns how many waiting jobs it woke."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an event needs a non-empty name, got {name!r}")
+        try:
+            data = _serde.encode_result(payload)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"the payload of event {name!r} must be JSON-serialisable: {exc}") from None
+        response = await self._call("EmitEvent", jobs_pb2.EmitEventRequest(namespace=self.namespace, name=name,
+                                                                           payload=data))
+        return response.woken
+
+    async def _get_event(self, name: str) -> types_pb2.Payload | None:
+        try:
+            response = await self._call("GetEvent", jobs_pb2.GetEventRequest(namespace=self.namespace, name=name))
+        except JobNotFoundError:
+            return None
+        return response.payload
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle on an existing job, e.g. one whose id was stored earlier."""

@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Any
 
 from perdure import _serde
-from perdure._errors import NotInJobError, StepNotRecordedError
+from perdure._errors import EventTimeoutError, NotInJobError, StepNotRecordedError
 from perdure.v1 import types_pb2, workers_pb2
 
 # Records a step: (name, result payload or None, error or None) -> whether it was written.
 Recorder = Callable[[str, types_pb2.Payload | None, types_pb2.JobError | None], Awaitable[bool]]
+# Looks an event up by name: its payload, or None if it was never emitted.
+EventLookup = Callable[[str], Awaitable[types_pb2.Payload | None]]
 
 
 class JobContext:
@@ -26,7 +28,7 @@ class JobContext:
 
     def __init__(self, *, job_id: str, name: str, namespace: str, attempt: int, max_attempts: int,
                  recorded: dict[str, Any], record: Recorder,
-                 send: Callable[[workers_pb2.WorkerMessage], None]) -> None:
+                 send: Callable[[workers_pb2.WorkerMessage], None], get_event: EventLookup) -> None:
         self.job_id = job_id
         self.name = name
         self.namespace = namespace
@@ -35,6 +37,7 @@ class JobContext:
         self._recorded = recorded
         self._record = record
         self._send = send
+        self._get_event = get_event
         self._seen: dict[str, int] = {}
         self.log = JobLog(self)
         """`ctx.log.info("...")` (and debug, warning, error): kept with the job, streamed to watchers."""
@@ -99,6 +102,40 @@ class JobContext:
             raise ValueError(f"sleep_until takes a datetime with a time zone, got {when!r}")
         await self._park("sleep", when.timestamp)
 
+    async def wait_for_event(self, name: str, timeout: float | None = None) -> Any:
+        """Wait durably for the event `name` (see Perdure.emit_event) and return its payload.
+
+        An event emitted earlier, even before this job started, is returned at once. Otherwise
+        the job is suspended (holding no worker) until the event is emitted; after `timeout`
+        seconds without it, EventTimeoutError is raised. What was received is a checkpoint:
+        a retried job gets the same payload, even if the event was emitted again since.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"an event needs a non-empty name, got {name!r}")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+            raise ValueError(f"timeout must be a number of seconds, not negative, got {timeout!r}")
+        key = self._checkpoint(f"event:{name}")
+        if key in self._recorded:
+            return self._recorded[key]
+        deadline_key = f"{key}/deadline"
+        if deadline_key in self._recorded:
+            deadline = self._recorded[deadline_key]
+        else:
+            deadline = None if timeout is None else round(time.time() + timeout, 3)
+            await self._checkpoint_value(deadline_key, deadline)
+        payload = await self._get_event(name)
+        if payload is not None:
+            if not await self._record(key, payload, None):
+                raise StepNotRecordedError(f"the receipt of event {name!r} by job {self.job_id} was not recorded")
+            return _serde.decode_result(payload)
+        if deadline is not None and time.time() >= deadline:
+            raise EventTimeoutError(f"event {name!r} did not come within the timeout of job {self.job_id}'s wait")
+        raise Suspend(deadline, event=name)
+
+    async def _checkpoint_value(self, key: str, value: Any) -> None:
+        if not await self._record(key, _serde.encode_result(value), None):
+            raise StepNotRecordedError(f"checkpoint {key!r} of job {self.job_id} was not recorded")
+
     async def _park(self, name: str, wake_at: Callable[[], float]) -> None:
         # The wake-up time is a checkpoint: a resumed run finds it passed and goes on.
         key = self._checkpoint(name)
@@ -106,8 +143,7 @@ class JobContext:
             wake = float(self._recorded[key])
         else:
             wake = round(wake_at(), 3)
-            if not await self._record(key, _serde.encode_result(wake), None):
-                raise StepNotRecordedError(f"the sleep {key!r} of job {self.job_id} was not recorded")
+            await self._checkpoint_value(key, wake)
         if wake > time.time():
             raise Suspend(wake)
 
@@ -143,12 +179,14 @@ class JobLog:
 
 
 class Suspend(BaseException):
-    """Raised by ctx.sleep to park the job; a BaseException, so that `except Exception` in a
-    handler does not swallow it. The worker turns it into a Suspend outcome."""
+    """Raised by ctx.sleep and ctx.wait_for_event to park the job; a BaseException, so that
+    `except Exception` in a handler does not swallow it. The worker turns it into a Suspend
+    outcome: until a time, or until an event (at the latest until the time, if any)."""
 
-    def __init__(self, until: float) -> None:
-        super().__init__(until)
+    def __init__(self, until: float | None, event: str = "") -> None:
+        super().__init__(until, event)
         self.until = until
+        self.event = event
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("perdure_job_context", default=None)

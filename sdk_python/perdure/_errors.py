@@ -22,6 +22,10 @@ class StepNotRecordedError(PerdureError):
     """The step was not recorded: this attempt is no longer the job's current one."""
 
 
+class EventTimeoutError(PerdureError, TimeoutError):
+    """The awaited event did not come in time."""
+
+
 class SidecarUnavailableError(PerdureError):
     """The perdured sidecar cannot be reached."""
 

@@ -44,12 +44,14 @@ class Worker:
     """One Work stream: registers the handlers, runs assignments, reconnects when it drops."""
 
     def __init__(self, channel: grpc.aio.Channel, *, namespace: str, handlers: dict[str, Callable[..., Any]],
-                 concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]]) -> None:
+                 concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]],
+                 get_event: _context.EventLookup) -> None:
         self._stub = workers_pb2_grpc.WorkersStub(channel)
         self._namespace = namespace
         self._handlers = handlers
         self._concurrency = concurrency
         self._emit = emit
+        self._get_event = get_event
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perdure-handler")
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[str, int], int] = {}
@@ -135,6 +137,7 @@ class Worker:
             recorded={step.name: _serde.decode_result(step.result) for step in assignment.steps},
             record=functools.partial(self._record_step, assignment.job_id, assignment.attempt),
             send=self._outbox.put_nowait,
+            get_event=self._get_event,
         )
         info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
         outcome = workers_pb2.Outcome(job_id=job.job_id, attempt=job.attempt)
@@ -153,7 +156,9 @@ class Worker:
                 # It would fail the same way every time: no retry.
                 raise NonRetryableError(f"the result of {job.name!r} is not JSON-serialisable: {exc}") from None
         except _context.Suspend as suspend:
-            outcome.suspend.until.FromNanoseconds(int(suspend.until * 1e9))
+            outcome.suspend.event = suspend.event
+            if suspend.until is not None:
+                outcome.suspend.until.FromNanoseconds(int(suspend.until * 1e9))
         except asyncio.CancelledError:
             outcome.cancelled.SetInParent()
             if self._cancel_reasons.pop((job.job_id, job.attempt), None) == workers_pb2.CANCEL_REASON_TIMEOUT:

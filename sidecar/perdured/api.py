@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import psycopg
 
-from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
@@ -130,6 +130,24 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                                 f"job {job_id} is {existing['state']}; only dead or cancelled jobs can be retried")
         log.info("job.retried", job_id=str(job_id))
         return jobs_pb2.RetryJobResponse(job=convert.job(row))
+
+    @_errors_as_status
+    async def EmitEvent(self, request: jobs_pb2.EmitEventRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EmitEventResponse:
+        namespace, name = validation.namespace(request.namespace), validation.function_name(request.name)
+        data, encoding = validation.payload(request.payload, self.max_payload_bytes)
+        woken = await self.store.emit_event(namespace, name, data, encoding)
+        log.info("event.emitted", namespace=namespace, event_name=name, woken=woken)
+        return jobs_pb2.EmitEventResponse(woken=woken)
+
+    @_errors_as_status
+    async def GetEvent(self, request: jobs_pb2.GetEventRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetEventResponse:
+        namespace, name = validation.namespace(request.namespace), validation.function_name(request.name)
+        row = await self.store.get_event(namespace, name)
+        if row is None:
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no event {name!r} in namespace {namespace!r} (yet)")
+        return jobs_pb2.GetEventResponse(
+            payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
+            emitted_at=convert.timestamp(row["emitted_at"]))
 
     @_errors_as_status
     async def WatchJobs(self, request: jobs_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]

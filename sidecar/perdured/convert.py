@@ -40,6 +40,7 @@ EVENT_KINDS = {
     "suspended": jobs_pb2.JOB_EVENT_KIND_SUSPENDED,
     "progress": jobs_pb2.JOB_EVENT_KIND_PROGRESS,
     "log": jobs_pb2.JOB_EVENT_KIND_LOG,
+    "resumed": jobs_pb2.JOB_EVENT_KIND_RESUMED,
 }
 LOG_LEVELS = {value: name.removeprefix("LOG_LEVEL_").lower() for name, value in types_pb2.LogLevel.items() if value}
 
@@ -155,7 +156,7 @@ def event(value: JobEvent) -> jobs_pb2.JobEvent:
     )
     if value.error_type is not None:
         message.error.CopyFrom(types_pb2.JobError(type=value.error_type, message=value.error_message or ""))
-    if value.kind in ("enqueued", "attempt_failed", "retried", "suspended"):
+    if value.kind in ("enqueued", "attempt_failed", "retried", "suspended", "resumed"):
         message.run_at.FromNanoseconds(int((value.at + value.run_in) * 1e9))
     if value.progress is not None:
         message.progress.CopyFrom(progress(value.progress))

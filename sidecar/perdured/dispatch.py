@@ -32,7 +32,8 @@ from perdured.rpc import abort
 from perdured.store import TERMINAL_STATES, Outcome, StepRecord, Store
 
 Group = tuple[str, frozenset[str]]
-MAX_NOTE = 8_000  # characters kept of a progress message or a log record  # (namespace, function names): workers that can share a claim
+MAX_NOTE = 8_000
+FOREVER = time.time() + 100 * 365 * 24 * 3600.0  # "no timeout", as a time far ahead  # characters kept of a progress message or a log record  # (namespace, function names): workers that can share a claim
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -98,8 +99,10 @@ class Dispatcher:
         self._by_job: dict[uuid.UUID, Assignment] = {}
         self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch)
         self._steps: Batcher[StepRecord, bool] = Batcher(self._record_steps)
-        self._progress: Batcher[tuple[uuid.UUID, int, dict[str, Any]], None] = Batcher(self._write_progress)
-        self._logs: Batcher[tuple[uuid.UUID, int, str, str], None] = Batcher(self._write_logs)
+        # One flush at a time: progress and log records land in the order they were sent.
+        self._progress: Batcher[tuple[uuid.UUID, int, dict[str, Any]], None] = Batcher(
+            self._write_progress, max_concurrent=1)
+        self._logs: Batcher[tuple[uuid.UUID, int, str, str], None] = Batcher(self._write_logs, max_concurrent=1)
         self._serial = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self.accepting = True
@@ -269,6 +272,12 @@ class Dispatcher:
             assignment.ended = True
             self._release_slot(assignment)
             return
+        if state == "suspended" and record.waiting_for:
+            # The event may have come while the job was suspending: if so, it runs again now.
+            try:
+                await self.store.wake_if_emitted(session.namespace, record.waiting_for, job_id)
+            except Exception as exc:  # it still wakes on the next emit, or at its timeout
+                log.error("event.recheck_failed", job_id=str(job_id), event_name=record.waiting_for, error=str(exc))
         self._release_slot(assignment)
         session.send(_ack(outcome, recorded=state is not None, state=state))
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
@@ -338,8 +347,11 @@ class Dispatcher:
         if kind == "failure":
             return self._failure(assignment, "failed", convert.error_dict(outcome.failure))
         if kind == "suspend":
-            wait = max(outcome.suspend.until.ToNanoseconds() / 1e9 - time.time(), 0.0)
-            return Outcome(assignment.job_id, assignment.attempt, "suspended", "suspended", retry_delay=round(wait, 3))
+            # Until the time given; waiting for an event without one, until the event comes.
+            until = outcome.suspend.until.ToNanoseconds() / 1e9 if outcome.suspend.HasField("until") else FOREVER
+            wait = max(until - time.time(), 0.0)
+            return Outcome(assignment.job_id, assignment.attempt, "suspended", "suspended", retry_delay=round(wait, 3),
+                           waiting_for=outcome.suspend.event or None)
         # A worker that stops a handler on its own is shutting down and hands the job back:
         # it runs again at once, and the attempt does not count.
         return Outcome(assignment.job_id, assignment.attempt, "released", "released",

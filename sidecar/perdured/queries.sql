@@ -95,8 +95,9 @@ SELECT * FROM claimed ORDER BY run_at, id
 WITH outcome AS (
     SELECT * FROM unnest(%(id)s::uuid[], %(attempt)s::int[], %(kind)s::text[], %(result)s::bytea[],
                          %(result_encoding)s::text[], %(error)s::jsonb[], %(non_retryable)s::bool[],
-                         %(retry_delay)s::interval[], %(attempt_outcome)s::text[])
-        AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome)
+                         %(retry_delay)s::interval[], %(attempt_outcome)s::text[], %(waiting_for)s::text[])
+        AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome,
+             waiting_for)
 ), decided AS (
     SELECT o.*, CASE
         WHEN o.kind = 'success' THEN 'success'
@@ -115,6 +116,7 @@ WITH outcome AS (
         error = d.error,
         run_at = CASE WHEN d.next_state IN ('pending', 'suspended') THEN now() + d.retry_delay ELSE j.run_at END,
         finished_at = CASE WHEN d.next_state IN ('pending', 'suspended') THEN NULL ELSE now() END,
+        waiting_for = d.waiting_for,
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM decided d
     WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running'
@@ -237,14 +239,44 @@ WITH inserted AS (
         WITH ORDINALITY AS l(job_id, attempt, level, message, n)
     JOIN perdure.jobs j ON j.id = l.job_id
     ORDER BY l.n
-    RETURNING job_id, attempt, level, message, at
+    RETURNING job_id, seq, attempt, level, message, at
 )
 SELECT pg_notify('perdure_events', json_build_object(
     'kind', 'log', 'id', i.job_id, 'namespace', j.namespace, 'name', j.name, 'attempt', i.attempt,
     'state', j.state, 'at', extract(epoch FROM i.at), 'run_at', extract(epoch FROM j.run_at),
     'log', json_build_object('level', i.level, 'message', left(i.message, 4000)))::text)
 FROM inserted i JOIN perdure.jobs j ON j.id = i.job_id
+ORDER BY i.seq
 
 -- get_logs --
 -- A job's log records, oldest first.
 SELECT attempt, level, message, at FROM perdure.job_logs WHERE job_id = %(id)s ORDER BY seq
+
+-- lock_event --
+-- Serialises emitting an event with jobs starting to wait for it (see 0005_events.sql).
+SELECT pg_advisory_xact_lock(hashtextextended(%(namespace)s || chr(31) || %(name)s, 7))
+
+-- emit_event --
+-- Set an event's payload (the latest emit wins).
+INSERT INTO perdure.events (namespace, name, payload, payload_encoding)
+VALUES (%(namespace)s, %(name)s, %(payload)s, %(payload_encoding)s)
+ON CONFLICT (namespace, name) DO UPDATE
+SET payload = excluded.payload, payload_encoding = excluded.payload_encoding, emitted_at = now()
+
+-- wake_event_waiters --
+-- Make the jobs waiting for an event runnable now, if it has been emitted, and announce it.
+WITH woken AS (
+    UPDATE perdure.jobs SET run_at = now(), waiting_for = NULL
+    WHERE state = 'suspended' AND namespace = %(namespace)s AND waiting_for = %(name)s
+      AND (%(job_id)s::uuid IS NULL OR id = %(job_id)s)
+      AND EXISTS (SELECT 1 FROM perdure.events e WHERE e.namespace = %(namespace)s AND e.name = %(name)s)
+    RETURNING id, namespace, name, attempt, state, run_at
+)
+SELECT pg_notify('perdure_events', json_build_object(
+    'kind', 'resumed', 'id', id, 'namespace', namespace, 'name', name, 'attempt', attempt,
+    'state', state, 'at', extract(epoch FROM clock_timestamp()), 'run_at', extract(epoch FROM run_at))::text)
+FROM woken
+
+-- get_event --
+-- An event's current payload.
+SELECT payload, payload_encoding, emitted_at FROM perdure.events WHERE namespace = %(namespace)s AND name = %(name)s

@@ -21,7 +21,7 @@ from perdured.store import Store
 from perdured.validation import NewJob
 
 # Events after which a job is pending (now or at run_at).
-RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended"})
+RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
 ANNOUNCED_LIMIT = 10_000
 
 

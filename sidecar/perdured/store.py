@@ -56,6 +56,7 @@ class Outcome:
     error: dict[str, Any] | None = None
     non_retryable: bool = False
     retry_delay: float = 0.0
+    waiting_for: str | None = None  # a suspension's event
 
 
 def _connection_lost(conn: psycopg.AsyncConnection | None, exc: psycopg.Error) -> bool:
@@ -185,6 +186,7 @@ class Store:
             "non_retryable": [o.non_retryable for o in outcomes],
             "retry_delay": [timedelta(seconds=o.retry_delay) for o in outcomes],
             "attempt_outcome": [o.attempt_outcome for o in outcomes],
+            "waiting_for": [o.waiting_for for o in outcomes],
         })
         return {(r["id"], r["attempt"]): r for r in rows}
 
@@ -227,6 +229,27 @@ class Store:
 
     async def get_logs(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         return await self._all("get_logs", {"id": job_id})
+
+    async def emit_event(self, namespace: str, name: str, payload: bytes, encoding: str) -> int:
+        """Set an event and wake the jobs waiting for it; returns how many it woke."""
+        async with self.pool.connection() as conn, conn.transaction():
+            key = {"namespace": namespace, "name": name}
+            await conn.execute(QUERIES["lock_event"], key)
+            await conn.execute(QUERIES["emit_event"], key | {"payload": payload, "payload_encoding": encoding})
+            cursor = await conn.execute(QUERIES["wake_event_waiters"], key | {"job_id": None})
+            return len(await cursor.fetchall())
+
+    async def wake_if_emitted(self, namespace: str, name: str, job_id: uuid.UUID) -> bool:
+        """A job has just suspended to wait for an event: wake it at once if the event is there."""
+        async with self.pool.connection() as conn, conn.transaction():
+            key = {"namespace": namespace, "name": name}
+            await conn.execute(QUERIES["lock_event"], key)
+            cursor = await conn.execute(QUERIES["wake_event_waiters"], key | {"job_id": job_id})
+            return bool(await cursor.fetchall())
+
+    async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
+        rows = await self._all("get_event", {"namespace": namespace, "name": name})
+        return rows[0] if rows else None
 
     async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
         rows = await self._all("renew_leases", {

@@ -44,6 +44,8 @@ class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEvent
     """The handler reported progress (see `progress`)."""
     JOB_EVENT_KIND_LOG: _JobEventKind.ValueType  # 10
     """The handler logged a record (see `log`)."""
+    JOB_EVENT_KIND_RESUMED: _JobEventKind.ValueType  # 11
+    """A suspended job's wait is over (the event it waits for came); it runs again shortly."""
 
 class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper): ...
 
@@ -63,6 +65,8 @@ JOB_EVENT_KIND_PROGRESS: JobEventKind.ValueType  # 9
 """The handler reported progress (see `progress`)."""
 JOB_EVENT_KIND_LOG: JobEventKind.ValueType  # 10
 """The handler logged a record (see `log`)."""
+JOB_EVENT_KIND_RESUMED: JobEventKind.ValueType  # 11
+"""A suspended job's wait is over (the event it waits for came); it runs again shortly."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
 @_typing.final
@@ -386,6 +390,100 @@ class RetryJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryJobResponse: _TypeAlias = RetryJobResponse  # noqa: Y015
+
+@_typing.final
+class EmitEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    """Default "default"."""
+    name: _builtins.str
+    """1..255 characters, no control characters."""
+    @_builtins.property
+    def payload(self) -> _types_pb2.Payload: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        payload: _types_pb2.Payload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmitEventRequest: _TypeAlias = EmitEventRequest  # noqa: Y015
+
+@_typing.final
+class EmitEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WOKEN_FIELD_NUMBER: _builtins.int
+    woken: _builtins.int
+    """How many waiting jobs it woke."""
+    def __init__(
+        self,
+        *,
+        woken: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["woken", b"woken"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmitEventResponse: _TypeAlias = EmitEventResponse  # noqa: Y015
+
+@_typing.final
+class GetEventRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventRequest: _TypeAlias = GetEventRequest  # noqa: Y015
+
+@_typing.final
+class GetEventResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    EMITTED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payload(self) -> _types_pb2.Payload: ...
+    @_builtins.property
+    def emitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        payload: _types_pb2.Payload | None = ...,
+        emitted_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_at", b"emitted_at", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetEventResponse: _TypeAlias = GetEventResponse  # noqa: Y015
 
 @_typing.final
 class WatchJobsRequest(_message.Message):

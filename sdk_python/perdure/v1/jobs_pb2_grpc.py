@@ -64,6 +64,16 @@ class JobsStub:
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.EmitEvent = channel.unary_unary(
+                '/perdure.v1.Jobs/EmitEvent',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.EmitEventRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.EmitEventResponse.FromString,
+                _registered_method=True)
+        self.GetEvent = channel.unary_unary(
+                '/perdure.v1.Jobs/GetEvent',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.GetEventRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.GetEventResponse.FromString,
+                _registered_method=True)
         self.WatchJobs = channel.unary_stream(
                 '/perdure.v1.Jobs/WatchJobs',
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
@@ -117,6 +127,22 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmitEvent(self, request, context):
+        """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
+        it. An event is kept: a job that starts waiting later still gets it. Emitting it again
+        replaces its payload; jobs that already received it keep what they got.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvent(self, request, context):
+        """An event's current payload. NOT_FOUND if it was never emitted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchJobs(self, request, context):
         """Lifecycle events as they happen, on every sidecar, until the client hangs up.
         Initial metadata is sent once the watch is subscribed: events after it are not missed.
@@ -157,6 +183,16 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'EmitEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmitEvent,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.EmitEventRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.EmitEventResponse.SerializeToString,
+            ),
+            'GetEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvent,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.GetEventRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.GetEventResponse.SerializeToString,
             ),
             'WatchJobs': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchJobs,
@@ -326,6 +362,60 @@ class Jobs:
             '/perdure.v1.Jobs/RetryJob',
             perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmitEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Jobs/EmitEvent',
+            perdure_dot_v1_dot_jobs__pb2.EmitEventRequest.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.EmitEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Jobs/GetEvent',
+            perdure_dot_v1_dot_jobs__pb2.GetEventRequest.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.GetEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,13 @@ class JobsStub:
     """Cancels a pending, running or suspended job; a running handler is told to stop."""
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
+    EmitEvent: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EmitEventRequest, _jobs_pb2.EmitEventResponse]
+    """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
+    it. An event is kept: a job that starts waiting later still gets it. Emitting it again
+    replaces its payload; jobs that already received it keep what they got.
+    """
+    GetEvent: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetEventRequest, _jobs_pb2.GetEventResponse]
+    """An event's current payload. NOT_FOUND if it was never emitted."""
     WatchJobs: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]
     """Lifecycle events as they happen, on every sidecar, until the client hangs up.
     Initial metadata is sent once the watch is subscribed: events after it are not missed.
@@ -67,6 +74,13 @@ class JobsAsyncStub(JobsStub):
     """Cancels a pending, running or suspended job; a running handler is told to stop."""
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
+    EmitEvent: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EmitEventRequest, _jobs_pb2.EmitEventResponse]  # type: ignore[assignment]
+    """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
+    it. An event is kept: a job that starts waiting later still gets it. Emitting it again
+    replaces its payload; jobs that already received it keep what they got.
+    """
+    GetEvent: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetEventRequest, _jobs_pb2.GetEventResponse]  # type: ignore[assignment]
+    """An event's current payload. NOT_FOUND if it was never emitted."""
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Lifecycle events as they happen, on every sidecar, until the client hangs up.
     Initial metadata is sent once the watch is subscribed: events after it are not missed.
@@ -122,6 +136,25 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.RetryJobResponse, _abc.Awaitable[_jobs_pb2.RetryJobResponse]]:
         """Runs a dead or cancelled job again, with a fresh set of attempts."""
+
+    @_abc_1.abstractmethod
+    def EmitEvent(
+        self,
+        request: _jobs_pb2.EmitEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.EmitEventResponse, _abc.Awaitable[_jobs_pb2.EmitEventResponse]]:
+        """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
+        it. An event is kept: a job that starts waiting later still gets it. Emitting it again
+        replaces its payload; jobs that already received it keep what they got.
+        """
+
+    @_abc_1.abstractmethod
+    def GetEvent(
+        self,
+        request: _jobs_pb2.GetEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.GetEventResponse, _abc.Awaitable[_jobs_pb2.GetEventResponse]]:
+        """An event's current payload. NOT_FOUND if it was never emitted."""
 
     @_abc_1.abstractmethod
     def WatchJobs(

@@ -372,21 +372,27 @@ Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
 class Suspend(_message.Message):
-    """Suspend the job until a time (a durable sleep). The attempt does not count."""
+    """Suspend the job until a time (a durable sleep), or until an event is emitted (at the
+    latest until `until`, when set). The attempt does not count.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     UNTIL_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    """The event (by name, in the job's namespace) that ends the wait; empty for a sleep."""
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         until: _timestamp_pb2.Timestamp | None = ...,
+        event: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
