@@ -6,6 +6,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,9 +175,25 @@ class Perdure:
     async def _enqueue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                        options: JobOptions) -> JobHandle:
         parent = current_context()
+        if parent is None:
+            return await self._send_enqueue(name, args, kwargs, options, parent_id=None)
+        # Inside a handler the call spawns a child, and the spawn is a checkpoint: a retried
+        # parent gets the same child back. The derived idempotency key makes the spawn itself
+        # happen once even if the parent dies between the Enqueue and the checkpoint.
+        key = parent._checkpoint(f"spawn:{name}")
+        if key in parent._recorded:
+            return JobHandle(self, parent._recorded[key], name=name, parent=parent)
+        if options.idempotency_key is None:
+            options = replace(options, idempotency_key=f"{parent.job_id}/{key}")
+        handle = await self._send_enqueue(name, args, kwargs, options, parent_id=parent.job_id)
+        await parent._checkpoint_value(key, handle.id)
+        handle._parent = parent
+        return handle
+
+    async def _send_enqueue(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                            options: JobOptions, parent_id: str | None) -> JobHandle:
         request = options.request(namespace=self.namespace, name=name,
-                                  payload=_serde.encode_call(name, args, kwargs),
-                                  parent_id=parent.job_id if parent else None)
+                                  payload=_serde.encode_call(name, args, kwargs), parent_id=parent_id)
         response = await self._call("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 

@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from perdure import _serde
+from perdure._context import Suspend, current_context
 from perdure._errors import JobCancelledError, JobDeadError
 from perdure.v1 import jobs_pb2, types_pb2
 
 if TYPE_CHECKING:
     from perdure._client import Perdure
+    from perdure._context import JobContext
 
 STATES = {value: name.removeprefix("JOB_STATE_").lower() for name, value in types_pb2.JobState.items() if value}
 OUTCOMES = {value: name.removeprefix("ATTEMPT_OUTCOME_").lower()
@@ -148,11 +150,14 @@ def details_from(job: types_pb2.Job) -> JobDetails:
 class JobHandle:
     """A job enqueued through a sidecar. Cheap to make: `perdure.handle(job_id)`."""
 
-    def __init__(self, client: Perdure, job_id: str, *, name: str = "", deduplicated: bool = False) -> None:
+    def __init__(self, client: Perdure, job_id: str, *, name: str = "", deduplicated: bool = False,
+                 parent: JobContext | None = None) -> None:
         self._client = client
         self.id = job_id
         self.name = name
         self.deduplicated = deduplicated
+        # Set when a handler spawned this job: awaiting it there suspends the parent.
+        self._parent = parent
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r}, name={self.name!r})"
@@ -163,6 +168,8 @@ class JobHandle:
         Raises JobDeadError (with the last error and the attempt count) if it failed for
         good, JobCancelledError if it was cancelled, TimeoutError if `timeout` seconds pass.
         """
+        if self._parent is not None and current_context() is self._parent:
+            return await self._await_as_parent()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -175,6 +182,36 @@ class JobHandle:
             if deadline is not None and loop.time() >= deadline:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s "
                                    f"(it is {STATES.get(response.job.state, 'unknown')})")
+
+    async def _await_as_parent(self) -> Any:
+        """A parent awaiting its child: the outcome is a checkpoint; until the child ends the
+        parent is suspended, holding no worker slot, and it is woken when the child ends."""
+        parent = self._parent
+        assert parent is not None
+        key = f"await:{self.id}"
+        if key not in parent._recorded:
+            request = jobs_pb2.AwaitJobRequest(id=self.id, namespace=self._client.namespace)
+            request.wait.FromNanoseconds(0)
+            response = await self._client._call("AwaitJob", request)
+            if not response.done:
+                raise Suspend(None, event=f"job:{self.id}")
+            job = response.job
+            outcome = {"state": STATES.get(job.state), "id": job.id, "name": job.name, "attempt": job.attempt,
+                       "result": _serde.decode_result(job.result) if job.HasField("result") else None,
+                       "error": {"type": job.error.type, "message": job.error.message,
+                                 "traceback": job.error.traceback}}
+            await parent._checkpoint_value(key, outcome)
+            parent._recorded[key] = outcome
+        outcome = parent._recorded[key]
+        if outcome["state"] == "success":
+            return outcome["result"]
+        error = outcome["error"]
+        info = dict(job_id=outcome["id"], attempts=outcome["attempt"], error_type=error["type"],
+                    error_message=error["message"], traceback=error["traceback"])
+        if outcome["state"] == "cancelled":
+            raise JobCancelledError(f"job {outcome['id']} ({outcome['name']}) was cancelled", **info)  # type: ignore[arg-type]
+        raise JobDeadError(f"job {outcome['id']} ({outcome['name']}) is dead after {outcome['attempt']} attempt(s): "
+                           f"{error['type']}: {error['message']}", **info)  # type: ignore[arg-type]
 
     def _outcome(self, job: types_pb2.Job) -> Any:
         if job.state == types_pb2.JOB_STATE_SUCCESS:

@@ -33,6 +33,7 @@ from perdured.store import TERMINAL_STATES, Outcome, StepRecord, Store
 
 Group = tuple[str, frozenset[str]]
 MAX_NOTE = 8_000
+CHILD_PREFIX = "job:"  # a suspension awaiting a child job waits for "job:<child id>"
 FOREVER = time.time() + 100 * 365 * 24 * 3600.0  # "no timeout", as a time far ahead  # characters kept of a progress message or a log record  # (namespace, function names): workers that can share a claim
 
 
@@ -273,9 +274,13 @@ class Dispatcher:
             self._release_slot(assignment)
             return
         if state == "suspended" and record.waiting_for:
-            # The event may have come while the job was suspending: if so, it runs again now.
+            # The event (or the awaited child's end) may have come while the job was suspending:
+            # if so, it runs again now.
             try:
-                await self.store.wake_if_emitted(session.namespace, record.waiting_for, job_id)
+                if record.waiting_for.startswith(CHILD_PREFIX):
+                    await self.store.wake_if_child_done(job_id, uuid.UUID(record.waiting_for[len(CHILD_PREFIX):]))
+                else:
+                    await self.store.wake_if_emitted(session.namespace, record.waiting_for, job_id)
             except Exception as exc:  # it still wakes on the next emit, or at its timeout
                 log.error("event.recheck_failed", job_id=str(job_id), event_name=record.waiting_for, error=str(exc))
         self._release_slot(assignment)

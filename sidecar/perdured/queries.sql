@@ -160,17 +160,23 @@ WITH expired AS (
 SELECT id, attempt, state FROM reclaimed
 
 -- cancel_job --
--- Cancel a job that has not finished; returns nothing if it had.
-WITH cancelled AS (
+-- Cancel a job that has not finished, and all its unfinished descendants; returns the job
+-- itself if it was cancelled, nothing if it had finished.
+WITH RECURSIVE tree AS (
+    SELECT id FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+    UNION ALL
+    SELECT child.id FROM perdure.jobs child JOIN tree ON child.parent_id = tree.id
+), cancelled AS (
     UPDATE perdure.jobs
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
-    WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('pending', 'running', 'suspended')
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL,
+        waiting_for = NULL
+    WHERE id IN (SELECT id FROM tree) AND state IN ('pending', 'running', 'suspended')
     RETURNING {job_columns}
 ), history AS (
     UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'cancelled'
     FROM cancelled c WHERE h.job_id = c.id AND h.number = c.attempt AND h.outcome = 'running'
 )
-SELECT * FROM cancelled
+SELECT * FROM cancelled WHERE id = %(id)s
 
 -- retry_job --
 -- Send a dead or cancelled job back to pending with a fresh set of attempts.
@@ -280,3 +286,18 @@ FROM woken
 -- get_event --
 -- An event's current payload.
 SELECT payload, payload_encoding, emitted_at FROM perdure.events WHERE namespace = %(namespace)s AND name = %(name)s
+
+-- wake_if_child_done --
+-- A parent has just suspended to await a child: make it runnable at once if the child has
+-- already ended (the trigger in 0006_child_jobs.sql covers a child that ends later).
+WITH woken AS (
+    UPDATE perdure.jobs SET run_at = now(), waiting_for = NULL
+    WHERE id = %(parent_id)s AND state = 'suspended' AND waiting_for = 'job:' || %(child_id)s::text
+      AND EXISTS (SELECT 1 FROM perdure.jobs c
+                  WHERE c.id = %(child_id)s AND c.state IN ('success', 'dead', 'cancelled'))
+    RETURNING id, namespace, name, attempt, state, run_at
+)
+SELECT pg_notify('perdure_events', json_build_object(
+    'kind', 'resumed', 'id', id, 'namespace', namespace, 'name', name, 'attempt', attempt,
+    'state', state, 'at', extract(epoch FROM clock_timestamp()), 'run_at', extract(epoch FROM run_at))::text)
+FROM woken

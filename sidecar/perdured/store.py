@@ -247,6 +247,9 @@ class Store:
             cursor = await conn.execute(QUERIES["wake_event_waiters"], key | {"job_id": job_id})
             return bool(await cursor.fetchall())
 
+    async def wake_if_child_done(self, parent_id: uuid.UUID, child_id: uuid.UUID) -> bool:
+        return bool(await self._all("wake_if_child_done", {"parent_id": parent_id, "child_id": child_id}))
+
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         rows = await self._all("get_event", {"namespace": namespace, "name": name})
         return rows[0] if rows else None
