@@ -1,14 +1,15 @@
 -- Child jobs: a parent that awaits a child suspends with waiting_for = 'job:<child id>'.
 -- When the child ends (success, dead or cancelled) this trigger makes the parent runnable
--- and announces it. If the parent is still suspending, the trigger's UPDATE waits for that
--- row's lock and then sees it suspended; if the child ended first, the sidecar rechecks just
--- after the parent suspends. Either way no wake-up is lost.
+-- and announces it; just after a parent suspends, the sidecar checks whether the child has
+-- ended already. Both take the advisory lock of the event 'job:<child id>' (see 0005) before
+-- they look, so that one of them always sees the other's committed work: no lost wake-up.
 
 CREATE FUNCTION perdure.wake_parent() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     parent perdure.jobs%ROWTYPE;
 BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(NEW.namespace || chr(31) || 'job:' || NEW.id, 7));
     UPDATE perdure.jobs SET run_at = now(), waiting_for = NULL
     WHERE id = NEW.parent_id AND state = 'suspended' AND waiting_for = 'job:' || NEW.id
     RETURNING * INTO parent;

@@ -100,6 +100,9 @@ class JobDetails:
     steps: list[StepInfo]
     progress: ProgressInfo | None
     logs: list[LogInfo]
+    # A suspended job's wait: "event:<name>", "job:<child id>", or None (a sleep, until run_at).
+    waiting_for: str | None
+    children: list[JobDetails]
 
 
 def _time(job: Any, field: str) -> datetime | None:
@@ -144,6 +147,8 @@ def details_from(job: types_pb2.Job) -> JobDetails:
         progress=ProgressInfo(job.progress.current, job.progress.total, job.progress.message,
                               _time(job.progress, "at")) if job.HasField("progress") else None,
         logs=[LogInfo(r.attempt, LOG_LEVELS.get(r.level, "info"), r.message, _time(r, "at")) for r in job.logs],
+        waiting_for=job.waiting_for or None,
+        children=[details_from(child) for child in job.children],
     )
 
 

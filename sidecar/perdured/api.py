@@ -68,9 +68,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         row = await self._existing(job_id, namespace, context)
-        attempts, steps, logs = await asyncio.gather(
-            self.store.get_attempts(job_id), self.store.get_steps(job_id), self.store.get_logs(job_id))
-        return jobs_pb2.GetJobResponse(job=convert.job(row, attempts, steps, logs))
+        attempts, steps, logs, children = await asyncio.gather(
+            self.store.get_attempts(job_id), self.store.get_steps(job_id), self.store.get_logs(job_id),
+            self.store.get_children(job_id))
+        return jobs_pb2.GetJobResponse(job=convert.job(row, attempts, steps, logs, children))
 
     @_errors_as_status
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:

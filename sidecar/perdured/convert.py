@@ -112,7 +112,8 @@ def log_record(level: str, message: str, attempt: int, at: datetime | float | No
 
 
 def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
-        steps: list[dict[str, Any]] | None = None, logs: list[dict[str, Any]] | None = None) -> types_pb2.Job:
+        steps: list[dict[str, Any]] | None = None, logs: list[dict[str, Any]] | None = None,
+        children: list[dict[str, Any]] | None = None) -> types_pb2.Job:
     message = types_pb2.Job(
         id=str(row["id"]),
         namespace=row["namespace"],
@@ -144,6 +145,11 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
         message.progress.CopyFrom(progress(row["progress"]))
     if logs:
         message.logs.extend(log_record(r["level"], r["message"], r["attempt"], r["at"]) for r in logs)
+    if row.get("waiting_for") and row["state"] == "suspended":
+        waiting = row["waiting_for"]
+        message.waiting_for = waiting if waiting.startswith("job:") else f"event:{waiting}"
+    if children:
+        message.children.extend(job(child) for child in children)
     return message
 
 

@@ -278,7 +278,8 @@ class Dispatcher:
             # if so, it runs again now.
             try:
                 if record.waiting_for.startswith(CHILD_PREFIX):
-                    await self.store.wake_if_child_done(job_id, uuid.UUID(record.waiting_for[len(CHILD_PREFIX):]))
+                    child_id = uuid.UUID(record.waiting_for[len(CHILD_PREFIX):])
+                    await self.store.wake_if_child_done(session.namespace, job_id, child_id)
                 else:
                     await self.store.wake_if_emitted(session.namespace, record.waiting_for, job_id)
             except Exception as exc:  # it still wakes on the next emit, or at its timeout

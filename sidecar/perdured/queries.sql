@@ -301,3 +301,7 @@ SELECT pg_notify('perdure_events', json_build_object(
     'kind', 'resumed', 'id', id, 'namespace', namespace, 'name', name, 'attempt', attempt,
     'state', state, 'at', extract(epoch FROM clock_timestamp()), 'run_at', extract(epoch FROM run_at))::text)
 FROM woken
+
+-- get_children --
+-- The jobs a job spawned, oldest first.
+SELECT {job_columns} FROM perdure.jobs WHERE parent_id = %(id)s ORDER BY id

@@ -20,7 +20,7 @@ from perdured.validation import NewJob
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
     "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
-    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress"
+    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress, waiting_for"
 )
 
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
@@ -227,6 +227,9 @@ class Store:
             "level": [r[2] for r in records], "message": [r[3] for r in records],
         })
 
+    async def get_children(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        return await self._all("get_children", {"id": job_id})
+
     async def get_logs(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         return await self._all("get_logs", {"id": job_id})
 
@@ -247,8 +250,12 @@ class Store:
             cursor = await conn.execute(QUERIES["wake_event_waiters"], key | {"job_id": job_id})
             return bool(await cursor.fetchall())
 
-    async def wake_if_child_done(self, parent_id: uuid.UUID, child_id: uuid.UUID) -> bool:
-        return bool(await self._all("wake_if_child_done", {"parent_id": parent_id, "child_id": child_id}))
+    async def wake_if_child_done(self, namespace: str, parent_id: uuid.UUID, child_id: uuid.UUID) -> bool:
+        """A parent has just suspended to await a child: wake it at once if the child has ended."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_event"], {"namespace": namespace, "name": f"job:{child_id}"})
+            cursor = await conn.execute(QUERIES["wake_if_child_done"], {"parent_id": parent_id, "child_id": child_id})
+            return bool(await cursor.fetchall())
 
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         rows = await self._all("get_event", {"namespace": namespace, "name": name})

@@ -111,3 +111,28 @@ async def test_cancelling_a_parent__cancels_its_unfinished_descendants(make_clie
         with pytest.raises(sdk.JobCancelledError):
             await root.result(timeout=5)
     assert statuses == ["cancelled", "cancelled"]
+
+
+async def test_details__show_children_and_what_a_suspended_job_waits_for(make_client) -> None:
+    perdure = make_client()
+
+    @perdure.durable("slow:child")
+    async def slow_child() -> None:
+        await sdk.context().wait_for_event("go")
+
+    @perdure.durable("waiting:parent")
+    async def waiting_parent() -> None:
+        await (await slow_child()).result()
+
+    async with perdure:
+        parent = await waiting_parent()
+        details = await parent.details()
+        while details.status != "suspended" or not details.children or details.children[0].status != "suspended":
+            await asyncio.sleep(0.02)
+            details = await parent.details()
+        child = details.children[0]
+        assert details.waiting_for == f"job:{child.id}" and child.name == "slow:child"
+        assert (await perdure.handle(child.id).details()).waiting_for == "event:go"
+        await perdure.emit_event("go")
+        await parent.result(timeout=30)
+        assert (await parent.details()).waiting_for is None

@@ -361,6 +361,8 @@ class Job(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
+    CHILDREN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUID (version 7: it sorts by creation time)."""
     namespace: _builtins.str
@@ -373,6 +375,10 @@ class Job(_message.Message):
     """Empty when the job has none."""
     parent_id: _builtins.str
     """The job that spawned this one, if any."""
+    waiting_for: _builtins.str
+    """What a suspended job waits for: "event:<name>", "job:<child id>", or empty (a sleep,
+    until run_at).
+    """
     @_builtins.property
     def payload(self) -> Global___Payload: ...
     @_builtins.property
@@ -421,6 +427,10 @@ class Job(_message.Message):
     def logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogRecord]:
         """The handler's log records, oldest first. Filled by GetJob; empty in lists."""
 
+    @_builtins.property
+    def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """The jobs this one spawned, oldest first, without their own history. Filled by GetJob."""
+
     def __init__(
         self,
         *,
@@ -444,10 +454,12 @@ class Job(_message.Message):
         steps: _abc.Iterable[Global___Step] | None = ...,
         progress: Global___Progress | None = ...,
         logs: _abc.Iterable[Global___LogRecord] | None = ...,
+        waiting_for: _builtins.str = ...,
+        children: _abc.Iterable[Global___Job] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "logs", b"logs", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "children", b"children", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "logs", b"logs", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
