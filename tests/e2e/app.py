@@ -13,6 +13,7 @@ Files written in DIR (each appears whole: written aside, then renamed):
     cancelled-<token>        a line per hanging handler of <token> that was cancelled
 Files read in DIR:
     release-<token>          e2e:hold returns once it exists
+e2e:parent appends the id of each child it spawns to spawned-<token>.
 Steps (e2e:three_steps, e2e:fifty_steps) append each side effect to effects-<token> and, on
 their first run, write held-<token> after a checkpoint and wait there to be killed.
 """
@@ -56,7 +57,7 @@ class Files:
         return (self.directory / name).exists()
 
 
-def handlers(files: Files) -> dict[str, Callable[..., Any]]:
+def handlers(files: Files, client: Perdure) -> dict[str, Callable[..., Any]]:
     async def hold(token: str) -> dict[str, Any]:
         """Runs until the test releases it: a job that is surely in flight when something is killed."""
         files.mark(f"started-{token}-{PID}")
@@ -127,9 +128,16 @@ def handlers(files: Files) -> dict[str, Callable[..., Any]]:
         await ctx.step("after", side_effect, token, "after")
         return {"token": token, "pid": PID}
 
+    async def parent(token: str) -> dict[str, Any]:
+        """Spawns an e2e:hold child and awaits it (suspended meanwhile)."""
+        child = await client.enqueue("e2e:hold", token)
+        files.append(f"spawned-{token}", child.id)
+        return {"child": child.id, "result": await child.result()}
+
     return {
         "e2e:hold": hold,
         "e2e:nap": nap,
+        "e2e:parent": parent,
         "e2e:poison": poison,
         "e2e:hang_once": hang_once,
         "e2e:hang_always": hang_always,
@@ -142,7 +150,7 @@ def handlers(files: Files) -> dict[str, Callable[..., Any]]:
 
 async def serve(address: str, files: Files, functions: list[str], concurrency: int) -> None:
     perdure = Perdure(address=address, worker_concurrency=concurrency, shutdown_grace=1.0)
-    available = handlers(files)
+    available = handlers(files, perdure)
     for name in functions:
         perdure.durable(name)(available[name])
 

@@ -302,3 +302,21 @@ async def test_sleep__wakes_on_another_worker_when_its_own_is_gone(perdured, app
         second = await app(sidecar.address, "e2e:nap")
         assert await handle.result(timeout=WAIT) == {"token": "t", "pid": second.pid}
     assert words(shared_dir / "effects-t") == ["before", "after"]
+
+
+async def test_parent_killed_while_awaiting__resumes_with_the_same_child(perdured, app, shared_dir) -> None:
+    sidecar = perdured()
+    first = await app(sidecar.address, "e2e:parent", "e2e:hold", concurrency=2)
+    async with Perdure(address=sidecar.address) as client:
+        parent = await client.enqueue("e2e:parent", "t")
+        await file_appears(shared_dir / f"started-t-{first.pid}")  # the child runs here
+        await details_when(parent, lambda d: d.status == "suspended", "the parent to suspend on its child")
+        first.kill()  # the child's worker dies with it; the parent waits in the database
+        (shared_dir / "release-t").touch()
+        second = await app(sidecar.address, "e2e:parent", "e2e:hold", concurrency=2)
+        result = await parent.result(timeout=WAIT)
+        details = await parent.details()
+    child_ids = words(shared_dir / "spawned-t")
+    assert len(set(child_ids)) == 1 and [c.id for c in details.children] == child_ids[:1]
+    assert result == {"child": child_ids[0], "result": {"token": "t", "pid": second.pid}}
+    assert outcomes(details)[-1] == "succeeded"
