@@ -122,3 +122,30 @@ async def test_step_result__must_be_json(make_client) -> None:
     async with perdure:
         with pytest.raises(JobDeadError, match="must be JSON-serialisable"):
             await (await bad()).result(timeout=30)
+
+
+async def test_steps__survive_the_database_connections_being_cut_between_them(make_client, db) -> None:
+    """What a PostgreSQL restart does to a running multi-step job: its recorded steps hold."""
+    perdure = make_client()
+    runs: list[str] = []
+    first_done, go_on = asyncio.Event(), asyncio.Event()
+
+    @perdure.durable("two:steps")
+    async def two_steps() -> list:
+        ctx = sdk.context()
+        first = await ctx.step("first", runs.append, "first")
+        first_done.set()
+        await go_on.wait()
+        second = await ctx.step("second", runs.append, "second")
+        return [first, second]
+
+    async with perdure:
+        handle = await two_steps()
+        await asyncio.wait_for(first_done.wait(), 30)
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        go_on.set()
+        assert await handle.result(timeout=30) == [None, None]
+        steps = [(s.name, s.status) for s in (await handle.details()).steps]
+    assert runs == ["first", "second"]
+    assert steps == [("first", "succeeded"), ("second", "succeeded")]
