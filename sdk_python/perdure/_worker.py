@@ -149,7 +149,7 @@ class Worker:
                 raise NonRetryableError(f"no handler for {assignment.name!r} in this process")
             args, kwargs = _serde.decode_call(assignment.payload)
             await self._emit("job:start", info)
-            result = await self._invoke(handler, job, args, kwargs)
+            result = await _suspension_unwrapped(self._invoke(handler, job, args, kwargs))
             try:
                 outcome.success.CopyFrom(_serde.encode_result(result))
             except (TypeError, ValueError) as exc:
@@ -262,6 +262,22 @@ class Worker:
             # Their answers ("cancelled") still need the stream and their acknowledgements.
             await asyncio.wait(list(self._running.values()), timeout=5)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _suspension_unwrapped(call: Awaitable[Any]) -> Any:
+    """A handler that awaits children in an asyncio.TaskGroup gets its suspension wrapped in
+    an exception group: unwrap it (waiting for one child is enough; the others are checked
+    again when the job resumes)."""
+    try:
+        return await call
+    except BaseExceptionGroup as group:
+        suspended, rest = group.split(_context.Suspend)
+        if suspended is None or rest is not None:
+            raise
+        first: BaseException = suspended
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def _type_name(exc: BaseException) -> str:

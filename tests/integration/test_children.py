@@ -136,3 +136,24 @@ async def test_details__show_children_and_what_a_suspended_job_waits_for(make_cl
         await perdure.emit_event("go")
         await parent.result(timeout=30)
         assert (await parent.details()).waiting_for is None
+
+
+async def test_children_in_a_task_group__suspend_the_parent_like_gather_does(make_client) -> None:
+    perdure = make_client(worker_concurrency=1)
+
+    @perdure.durable("double")
+    async def double(n: int) -> int:
+        return 2 * n
+
+    @perdure.durable("sum:doubles")
+    async def sum_doubles(ns: list[int]) -> int:
+        children = [await double(n) for n in ns]
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(child.result()) for child in children]
+        return sum(task.result() for task in tasks)
+
+    async with perdure:
+        handle = await sum_doubles([1, 2, 3])
+        assert await handle.result(timeout=30) == 12
+        outcomes = {a.outcome for a in (await handle.details()).attempts}
+    assert outcomes == {"suspended", "succeeded"}  # suspended, never failed
