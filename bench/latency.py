@@ -6,15 +6,18 @@ process, so the clocks agree:
 
     enqueue         the durable call until its handle returns: the Enqueue RPC answered,
                     so the job row is committed;
-    scheduling lag  the durable call until the handler's first line runs: enqueue, the
-                    NOTIFY, the claim, the assignment down the Work stream;
+    scheduling lag  the durable call until the handler's first line runs: the enqueue
+                    (which starts the job at once when a local worker has a free slot,
+                    else a NOTIFY and a claim follow), then the assignment down the Work
+                    stream;
     round trip      the durable call until `await handle.result()` returns: all of the
-                    above, the outcome committed, and AwaitJob woken with the result.
+                    above, the outcome committed, and AwaitJob answered with the result.
 
 How to read it: the jobs never overlap, so nothing is batched and no figure is queueing;
-each is the cost of one job's path. A PostgreSQL commit is the floor under enqueue, and
-round trip holds three commits (enqueue, claim, finish). p95 and p99 show the jitter of
-the event loops, the scheduler of the machine and the database.
+each is the cost of one job's path. A PostgreSQL commit is the floor under enqueue; a
+round trip holds two (enqueue, finish), three when a claim is needed. p95 and p99 show
+the jitter of the event loops, the scheduler of the machine and the database; max shows
+any stall.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 import uuid
 
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"run {number}/{args.runs}: p95 " + ", ".join(
                     f"{metric.replace('_', ' ')} {runs[-1][metric]['p95']:.3f} ms" for metric in METRICS))
     figures = {metric: harness.median_summary([r[metric] for r in runs]) for metric in METRICS}
-    sidecar_rss = round(sorted(rss)[len(rss) // 2], 1)
+    sidecar_rss = round(statistics.median(rss), 1)
 
     runs_note = f", median of {args.runs} runs" if args.runs > 1 else ""
     print(f"latency: {args.jobs} sequential no-op jobs, 1 SDK process, 1 perdured, "
