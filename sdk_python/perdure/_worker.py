@@ -55,6 +55,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perdure-handler")
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._cancel_reasons: dict[tuple[str, int], int] = {}
+        self._loop = asyncio.get_running_loop()  # made by Perdure.start(), on its loop
         self._acks: dict[tuple[str, int], asyncio.Future[workers_pb2.OutcomeAck]] = {}
         self._step_acks: dict[tuple[str, int, str], asyncio.Future[bool]] = {}
         self._outbox: asyncio.Queue[workers_pb2.WorkerMessage] = asyncio.Queue()
@@ -136,7 +137,7 @@ class Worker:
             attempt=assignment.attempt, max_attempts=assignment.max_attempts,
             recorded={step.name: _serde.decode_result(step.result) for step in assignment.steps},
             record=functools.partial(self._record_step, assignment.job_id, assignment.attempt),
-            send=self._outbox.put_nowait,
+            send=self._post,
             get_event=self._get_event,
         )
         info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
@@ -205,6 +206,17 @@ class Worker:
                 raise
         finally:
             _context._current.reset(token)
+
+    def _post(self, message: workers_pb2.WorkerMessage) -> None:
+        """Queue a message for the stream, from the event loop or from a sync handler's thread."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._outbox.put_nowait(message)
+        else:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, message)
 
     async def _record_step(self, job_id: str, attempt: int, name: str, result: types_pb2.Payload | None,
                            error: types_pb2.JobError | None) -> bool:

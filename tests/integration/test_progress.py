@@ -87,3 +87,26 @@ async def test_progress__refuses_what_is_not_a_number(make_client) -> None:
             assert "progress current must be a number" in exc.error_message
         else:
             raise AssertionError("the job should be dead")
+
+
+async def test_sync_handler__reports_progress_and_logs_from_its_thread(make_client) -> None:
+    perdure = make_client()
+
+    @perdure.durable("sync:report")
+    def report() -> str:
+        ctx = sdk.context()
+        ctx.heartbeat()
+        ctx.progress(1, 1, "all done")
+        ctx.log.info("from a thread")
+        return "ok"
+
+    async with perdure:
+        handle = await report()
+        assert await handle.result(timeout=30) == "ok"
+        for _ in range(500):  # progress and logs are written just after, in the background
+            details = await handle.details()
+            if details.logs and details.progress:
+                break
+            await asyncio.sleep(0.01)
+    assert details.progress.message == "all done"
+    assert [r.message for r in details.logs] == ["from a thread"]
