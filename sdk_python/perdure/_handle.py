@@ -103,6 +103,8 @@ class JobDetails:
     # A suspended job's wait: "event:<name>", "job:<child id>", or None (a sleep, until run_at).
     waiting_for: str | None
     children: list[JobDetails]
+    priority: int
+    labels: dict[str, str]
 
 
 def _time(job: Any, field: str) -> datetime | None:
@@ -149,6 +151,8 @@ def details_from(job: types_pb2.Job) -> JobDetails:
         logs=[LogInfo(r.attempt, LOG_LEVELS.get(r.level, "info"), r.message, _time(r, "at")) for r in job.logs],
         waiting_for=job.waiting_for or None,
         children=[details_from(child) for child in job.children],
+        priority=job.priority,
+        labels=dict(job.labels),
     )
 
 

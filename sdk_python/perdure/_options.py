@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
@@ -30,6 +31,9 @@ class JobOptions:
     timeout: float | None = None
     idempotency_key: str | None = None
     delay: float | None = None
+    run_at: datetime | None = None
+    priority: int | None = None
+    labels: dict[str, str] | None = None
 
     def merged(self, **overrides: Any) -> JobOptions:
         known = {f.name for f in fields(self)}
@@ -56,6 +60,15 @@ class JobOptions:
         if (self.initial_delay is not None and self.max_delay is not None
                 and self.max_delay < self.initial_delay):
             raise ValueError(f"max_delay ({self.max_delay}) must not be less than initial_delay ({self.initial_delay})")
+        if self.run_at is not None and (not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None):
+            raise ValueError(f"run_at must be a datetime with a time zone, got {self.run_at!r}")
+        if self.run_at is not None and self.delay:
+            raise ValueError("give either delay or run_at, not both")
+        if self.priority is not None and (not _is_int(self.priority) or not -1000 <= self.priority <= 1000):
+            raise ValueError(f"priority must be an integer from -1000 to 1000, got {self.priority!r}")
+        if self.labels is not None and (not isinstance(self.labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items())):
+            raise ValueError(f"labels must be a dict of strings to strings, got {self.labels!r}")
         if self.idempotency_key is not None and (not isinstance(self.idempotency_key, str) or not self.idempotency_key):
             raise ValueError(f"idempotency_key must be a non-empty string, got {self.idempotency_key!r}")
 
@@ -78,6 +91,12 @@ class JobOptions:
             request.timeout.CopyFrom(_duration(self.timeout))
         if self.delay:
             request.delay.CopyFrom(_duration(self.delay))
+        if self.run_at is not None:
+            request.run_at.FromDatetime(self.run_at)
+        if self.priority:
+            request.priority = self.priority
+        if self.labels:
+            request.labels.update(self.labels)
         return request
 
 

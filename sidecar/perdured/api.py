@@ -82,7 +82,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for the default)")
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         before = validation.job_id(request.page_token, "page_token") if request.page_token else None
-        rows = await self.store.list_jobs(namespace, name, states, before, page_size + 1)
+        labels = validation.job_labels(dict(request.labels)) or None
+        rows = await self.store.list_jobs(namespace, name, states, before, page_size + 1, labels)
         more = len(rows) > page_size
         rows = rows[:page_size]
         return jobs_pb2.ListJobsResponse(

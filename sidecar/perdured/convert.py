@@ -134,6 +134,8 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
         started_at=timestamp(row["started_at"]),
         finished_at=timestamp(row["finished_at"]),
         parent_id=str(row["parent_id"]) if row["parent_id"] else "",
+        priority=row.get("priority") or 0,
+        labels=row.get("labels") or {},
     )
     if row["result_encoding"] is not None:
         message.result.CopyFrom(types_pb2.Payload(data=row["result"] or b"", encoding=row["result_encoding"]))

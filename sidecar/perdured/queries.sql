@@ -8,9 +8,11 @@
 WITH inserted AS (
     INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
                               max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at,
-                              state, attempt, started_at, lease_expires_at, sidecar_id, worker_id)
+                              priority, labels, state, attempt, started_at, lease_expires_at, sidecar_id,
+                              worker_id)
     SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
-           n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, now() + n.delay,
+           n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout,
+           coalesce(n.run_at, now() + n.delay), n.priority, n.labels,
            CASE WHEN n.worker_id IS NULL THEN 'pending' ELSE 'running' END,
            (n.worker_id IS NOT NULL)::int,
            CASE WHEN n.worker_id IS NOT NULL THEN now() END,
@@ -21,9 +23,10 @@ WITH inserted AS (
                 %(payload_encoding)s::text[], %(idempotency_key)s::text[], %(parent_id)s::uuid[],
                 %(max_attempts)s::int[], %(backoff)s::text[], %(initial_delay)s::interval[],
                 %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[],
-                %(worker_id)s::text[])
+                %(run_at)s::timestamptz[], %(priority)s::int[], %(labels)s::jsonb[], %(worker_id)s::text[])
          AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
-              max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay, worker_id)
+              max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay, run_at, priority, labels,
+              worker_id)
     ON CONFLICT DO NOTHING
     RETURNING {job_columns}, worker_id
 ), history AS (
@@ -56,21 +59,23 @@ WHERE namespace = %(namespace)s
   AND (%(name)s::text IS NULL OR name = %(name)s)
   AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
   AND (%(before)s::uuid IS NULL OR id < %(before)s)
+  AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 
 -- claim --
--- Move runnable jobs of these functions to running, one per free worker slot: `slots`
+-- Move runnable jobs of these functions to running, highest priority first, then oldest
+-- run_at, one per free worker slot: `slots`
 -- holds a worker id per slot, and the n-th job claimed goes to the n-th slot.
 WITH picked AS (
-    SELECT id, run_at FROM perdure.jobs
+    SELECT id, priority, run_at FROM perdure.jobs
     WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = ANY(%(names)s)
       AND run_at <= now()
-    ORDER BY run_at, id
+    ORDER BY priority DESC, run_at, id
     LIMIT cardinality(%(slots)s::text[])
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
-    SELECT id, row_number() OVER (ORDER BY run_at, id) AS slot FROM picked
+    SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS slot FROM picked
 ), claimed AS (
     UPDATE perdure.jobs AS j
     SET state = 'running', attempt = j.attempt + 1, started_at = coalesce(j.started_at, now()),
@@ -79,12 +84,12 @@ WITH picked AS (
     FROM numbered n WHERE j.id = n.id
     RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.uncounted_attempts,
               j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
-              j.worker_id, j.run_at
+              j.worker_id, j.run_at, j.priority
 ), history AS (
     INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
     SELECT id, attempt, %(sidecar_id)s, worker_id FROM claimed
 )
-SELECT * FROM claimed ORDER BY run_at, id
+SELECT * FROM claimed ORDER BY priority DESC, run_at, id
 
 -- finish --
 -- Record attempt outcomes, each only if its job is still running under the same attempt.

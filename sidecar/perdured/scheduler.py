@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from perdured.batcher import Batcher
@@ -51,7 +52,8 @@ class Scheduler:
         """Store a job (group commit). If a worker of this sidecar serves it, has a free slot and
         nothing is queued ahead for it, the job starts on that worker in the same statement,
         skipping a claim; otherwise it is claimed as usual, starting with this sidecar."""
-        worker = self._free_worker(job) if job.delay == 0 else None
+        delay = job.delay if job.run_at is None else (job.run_at - datetime.now(UTC)).total_seconds()
+        worker = self._free_worker(job) if delay <= 0 else None
         if worker is not None:
             worker.reserved += 1
             job = replace(job, worker_id=worker.id)
@@ -63,8 +65,8 @@ class Scheduler:
         if row["state"] == "running" and row.get("worker_id") == job.worker_id and not deduplicated:
             self.dispatcher.assign(row)
         elif not deduplicated and (group := self.dispatcher.serves(job.namespace, job.name)) is not None:
-            if job.delay > 0:
-                self._wake_in(job.delay)
+            if delay > 0:
+                self._wake_in(delay)
             else:
                 # Claim now, not after the notification's round trip through the database.
                 self._announced[row["id"]] = None

@@ -20,7 +20,8 @@ from perdured.validation import NewJob
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
     "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
-    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress, waiting_for"
+    "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress, waiting_for, "
+    "priority, labels"
 )
 
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
@@ -132,6 +133,9 @@ class Store:
             "jitter": [j.retry.jitter for j in jobs],
             "timeout": [timedelta(seconds=j.timeout) for j in jobs],
             "delay": [timedelta(seconds=j.delay) for j in jobs],
+            "run_at": [j.run_at for j in jobs],
+            "priority": [j.priority for j in jobs],
+            "labels": [Jsonb(j.labels) for j in jobs],
         }
         inserted = {row["id"]: row for row in await self._all("enqueue", params)}
         skipped = [j for j in jobs if j.id not in inserted]
@@ -161,9 +165,11 @@ class Store:
         return await self._all("get_attempts", {"id": job_id})
 
     async def list_jobs(self, namespace: str, name: str | None, states: list[str] | None,
-                        before: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+                        before: uuid.UUID | None, limit: int, labels: dict[str, str] | None = None,
+                        ) -> list[dict[str, Any]]:
         return await self._all("list_jobs", {
             "namespace": namespace, "name": name, "states": states, "before": before, "limit": limit,
+            "labels": Jsonb(labels) if labels else None,
         })
 
     async def claim(self, namespace: str, names: list[str], slots: list[str], lease: float,

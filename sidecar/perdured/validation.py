@@ -6,7 +6,8 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -19,6 +20,8 @@ DEFAULT_TIMEOUT = 30.0
 MAX_NAME_LENGTH = 255
 MAX_KEY_LENGTH = 255
 MAX_CONCURRENCY = 10_000
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 32, 64, 256
 ENCODINGS = ("json", "bytes")
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -52,6 +55,9 @@ class NewJob:
     retry: RetryPolicy
     timeout: float
     delay: float
+    run_at: datetime | None = None
+    priority: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
     # Set by the scheduler: a worker of this sidecar that starts the job as it is inserted.
     worker_id: str | None = None
 
@@ -131,7 +137,14 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
     key = request.idempotency_key or None
     if key is not None and len(key) > MAX_KEY_LENGTH:
         raise InvalidArgument("idempotency_key", f"is {len(key)} characters long; at most {MAX_KEY_LENGTH}")
+    if request.HasField("run_at") and request.HasField("delay"):
+        raise InvalidArgument("run_at", "give either run_at or delay, not both")
+    if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
+        raise InvalidArgument("priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {request.priority}")
     return NewJob(
+        run_at=request.run_at.ToDatetime(tzinfo=UTC) if request.HasField("run_at") else None,
+        priority=request.priority,
+        labels=job_labels(dict(request.labels)),
         id=new_job_id(),
         namespace=namespace(request.namespace),
         name=function_name(request.name),
@@ -143,6 +156,17 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
         timeout=round(seconds(request.timeout, "timeout", allow_zero=False), 3) if request.HasField("timeout") else DEFAULT_TIMEOUT,
         delay=round(seconds(request.delay, "delay"), 3) if request.HasField("delay") else 0.0,
     )
+
+
+def job_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(field, f"has {len(labels)} labels; at most {MAX_LABELS}")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY or _CONTROL.search(key):
+            raise InvalidArgument(field, f"key {key[:80]!r} must be 1 to {MAX_LABEL_KEY} characters, no control characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(field, f"value of {key!r} is {len(value)} characters long; at most {MAX_LABEL_VALUE}")
+    return labels
 
 
 def job_states(values: list[int], field: str = "states") -> list[str]:

@@ -73,6 +73,26 @@ Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 class EnqueueRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
@@ -81,6 +101,9 @@ class EnqueueRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     DELAY_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
+    RUN_AT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default". Letters, digits and . _ : - ; at most 128 characters."""
     name: _builtins.str
@@ -91,6 +114,8 @@ class EnqueueRequest(_message.Message):
     """
     parent_id: _builtins.str
     """The job that spawns this one, when a durable function calls another."""
+    priority: _builtins.int
+    """Higher runs first among runnable jobs of the same functions. Default 0; -1000..1000."""
     @_builtins.property
     def payload(self) -> _types_pb2.Payload: ...
     @_builtins.property
@@ -103,6 +128,16 @@ class EnqueueRequest(_message.Message):
     def delay(self) -> _duration_pb2.Duration:
         """Do not start before this much time has passed. Not negative."""
 
+    @_builtins.property
+    def run_at(self) -> _timestamp_pb2.Timestamp:
+        """Do not start before this time. Give either this or `delay`, not both."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form key/value labels (a tenant, an organisation), filterable in ListJobs.
+        At most 32 labels; keys up to 64 characters, values up to 256.
+        """
+
     def __init__(
         self,
         *,
@@ -114,10 +149,13 @@ class EnqueueRequest(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         delay: _duration_pb2.Duration | None = ...,
         parent_id: _builtins.str = ...,
+        run_at: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "payload", b"payload", "retry", b"retry", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "payload", b"payload", "retry", b"retry", "run_at", b"run_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "idempotency_key", b"idempotency_key", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "retry", b"retry", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "idempotency_key", b"idempotency_key", "labels", b"labels", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,11 +231,32 @@ Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
 class ListJobsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default"."""
     name: _builtins.str
@@ -210,6 +269,10 @@ class ListJobsRequest(_message.Message):
     def states(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.JobState.ValueType]:
         """Only jobs in these states, when set."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only jobs carrying all these labels, when set."""
+
     def __init__(
         self,
         *,
@@ -218,10 +281,11 @@ class ListJobsRequest(_message.Message):
         states: _abc.Iterable[_types_pb2.JobState.ValueType] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "namespace", b"namespace", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -341,6 +341,26 @@ Global___Attempt: _TypeAlias = Attempt  # noqa: Y015
 class Job(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
@@ -363,6 +383,8 @@ class Job(_message.Message):
     LOGS_FIELD_NUMBER: _builtins.int
     WAITING_FOR_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUID (version 7: it sorts by creation time)."""
     namespace: _builtins.str
@@ -379,6 +401,7 @@ class Job(_message.Message):
     """What a suspended job waits for: "event:<name>", "job:<child id>", or empty (a sleep,
     until run_at).
     """
+    priority: _builtins.int
     @_builtins.property
     def payload(self) -> Global___Payload: ...
     @_builtins.property
@@ -431,6 +454,8 @@ class Job(_message.Message):
     def children(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """The jobs this one spawned, oldest first, without their own history. Filled by GetJob."""
 
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
@@ -456,10 +481,12 @@ class Job(_message.Message):
         logs: _abc.Iterable[Global___LogRecord] | None = ...,
         waiting_for: _builtins.str = ...,
         children: _abc.Iterable[Global___Job] | None = ...,
+        priority: _builtins.int = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "children", b"children", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "logs", b"logs", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout", "waiting_for", b"waiting_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "children", b"children", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "logs", b"logs", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,99 @@
+"""Delayed jobs, priorities and labels, with two sidecars sharing one PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc
+
+from ..conftest import start_sidecar
+
+
+@pytest.fixture
+async def two_sidecars(database_url):
+    first, second = await start_sidecar(database_url), await start_sidecar(database_url)
+    yield first, second
+    await first.stop()
+    await second.stop()
+
+
+async def test_priority__higher_runs_first_whichever_sidecar_enqueued(two_sidecars, make_client) -> None:
+    producer_side, worker_side = two_sidecars
+    producer = make_client(address=producer_side.address)
+    order: list[str] = []
+
+    async with producer:
+        for name, priority in [("low", -5), ("normal", 0), ("urgent", 100), ("high", 10), ("normal2", 0)]:
+            await producer.enqueue("tasks:run", name, priority=priority)
+        worker = make_client(address=worker_side.address, worker_concurrency=1)
+
+        @worker.durable("tasks:run")
+        async def run(name: str) -> None:
+            order.append(name)
+
+        async with worker:
+            while len(order) < 5:
+                await asyncio.sleep(0.02)
+    assert order == ["urgent", "high", "normal", "normal2", "low"]
+
+
+async def test_run_at__the_job_does_not_start_before_its_time(two_sidecars, make_client) -> None:
+    producer_side, worker_side = two_sidecars
+    worker = make_client(address=worker_side.address)
+    started: list[float] = []
+
+    @worker.durable("later")
+    async def later() -> None:
+        started.append(1.0)  # it ran
+
+    producer = make_client(address=producer_side.address)
+    async with worker, producer:
+        await worker.wait_until_serving()
+        not_before = datetime.now(UTC) + timedelta(seconds=0.5)
+        delayed = await producer.enqueue("later", run_at=not_before)
+        soon = await producer.enqueue("later", delay=0.3)
+        await delayed.result(timeout=30)
+        await soon.result(timeout=30)
+        delayed_details, soon_details = await delayed.details(), await soon.details()
+    # Neither started early (the database's own clock says so); timers on the worker's sidecar,
+    # set from the enqueue notifications, started them.
+    assert delayed_details.started_at >= not_before
+    assert soon_details.started_at >= soon_details.created_at + timedelta(seconds=0.3)
+    assert len(started) == 2
+
+
+async def test_labels__are_kept_and_filter_list_jobs(two_sidecars, make_client) -> None:
+    first, second = two_sidecars
+    client = make_client(address=first.address)
+    async with client, grpc.aio.insecure_channel(second.address) as channel:
+        acme = await client.enqueue("reports:build", labels={"tenant": "acme", "tier": "gold"})
+        await client.enqueue("reports:build", labels={"tenant": "globex"})
+        await client.enqueue("reports:build")
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest(labels={"tenant": "acme"}))
+        assert [job.id for job in listed.jobs] == [acme.id]
+        assert dict(listed.jobs[0].labels) == {"tenant": "acme", "tier": "gold"}
+        assert (await acme.details()).labels == {"tenant": "acme", "tier": "gold"}
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="x", labels={"": "empty key"}))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and caught.value.details().startswith("labels: ")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="x", priority=5000))
+        assert caught.value.details().startswith("priority: ")
+
+
+def test_options__refuse_bad_priority_run_at_and_labels() -> None:
+    from perdure import JobOptions
+
+    with pytest.raises(ValueError, match="priority must be an integer"):
+        JobOptions().merged(priority=1.5)
+    with pytest.raises(ValueError, match="run_at must be a datetime with a time zone"):
+        JobOptions().merged(run_at=datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="either delay or run_at"):
+        JobOptions().merged(delay=5, run_at=datetime.now(UTC))
+    with pytest.raises(ValueError, match="labels must be a dict of strings"):
+        JobOptions().merged(labels={"tenant": 7})
