@@ -21,6 +21,8 @@ class Settings:
     poll_interval: float = 5.0
     max_payload_bytes: int = 4 * 1024 * 1024
     pool_size: int = 10
+    retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
+    retention_interval: float = 60.0
     # For a supervising process (the Python SDK): where to write the bound address
     # once serving, and whether to stop when our standard input closes.
     ready_fd: int | None = None
@@ -65,6 +67,10 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--max-payload-bytes", "PERDURE_MAX_PAYLOAD_BYTES", _positive_int,
      "Largest accepted payload or result."),
     ("--pool-size", "PERDURE_POOL_SIZE", _positive_int, "Database connections at most."),
+    ("--retention", "PERDURE_RETENTION", _positive_float,
+     "Seconds finished jobs (success, dead, cancelled) are kept before sidecars delete them."),
+    ("--retention-interval", "PERDURE_RETENTION_INTERVAL", _positive_float,
+     "Seconds between deletions of old finished jobs (one sidecar at a time does them)."),
 ]
 
 

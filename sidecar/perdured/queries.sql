@@ -310,3 +310,18 @@ FROM woken
 -- get_children --
 -- The jobs a job spawned, oldest first.
 SELECT {job_columns} FROM perdure.jobs WHERE parent_id = %(id)s ORDER BY id
+
+-- try_retention_lock --
+-- Only one sidecar at a time deletes old jobs (held until the end of the transaction).
+SELECT pg_try_advisory_xact_lock(hashtextextended('perdure.retention', 7)) AS locked
+
+-- delete_finished --
+-- Delete up to `limit` jobs that finished more than `age` ago, oldest first.
+DELETE FROM perdure.jobs
+WHERE id IN (
+    SELECT id FROM perdure.jobs
+    WHERE state IN ('success', 'dead', 'cancelled') AND finished_at < now() - %(age)s
+    ORDER BY finished_at
+    LIMIT %(limit)s
+)
+RETURNING id

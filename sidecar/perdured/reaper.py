@@ -41,3 +41,20 @@ async def reclaim_forever(store: Store, lease: float) -> None:
                     break
         except Exception as exc:
             log.error("leases.reclaim_failed", error=str(exc))
+
+
+RETENTION_BATCH = 1000
+
+
+async def delete_old_jobs_forever(store: Store, retention: float, interval: float) -> None:
+    """Keep the hot tables small: delete finished jobs older than `retention` seconds, in
+    batches, one sidecar at a time (the others find the lock taken and skip their turn)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while (deleted := await store.delete_finished(retention, RETENTION_BATCH)) is not None and deleted:
+                log.info("retention.deleted", jobs=deleted)
+                if deleted < RETENTION_BATCH:
+                    break
+        except Exception as exc:
+            log.error("retention.failed", error=str(exc))

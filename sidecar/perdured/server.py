@@ -78,6 +78,8 @@ class Sidecar:
             asyncio.create_task(scheduler.run(), name="scheduler"),
             asyncio.create_task(reaper.renew_leases_forever(dispatcher, settings.lease), name="renew"),
             asyncio.create_task(reaper.reclaim_forever(store, settings.lease), name="reclaim"),
+            asyncio.create_task(reaper.delete_old_jobs_forever(store, settings.retention, settings.retention_interval),
+                                name="retention"),
         ]
 
         limit = settings.max_payload_bytes + 1024 * 1024  # room for the rest of the message

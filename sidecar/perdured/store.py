@@ -267,6 +267,17 @@ class Store:
         rows = await self._all("get_event", {"namespace": namespace, "name": name})
         return rows[0] if rows else None
 
+    async def delete_finished(self, age: float, limit: int) -> int | None:
+        """Delete one batch of jobs finished more than `age` seconds ago; None if another
+        sidecar holds the retention lock."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(QUERIES["try_retention_lock"])
+            locked = cast(dict[str, Any], await cursor.fetchone())
+            if not locked["locked"]:
+                return None
+            cursor = await conn.execute(QUERIES["delete_finished"], {"age": timedelta(seconds=age), "limit": limit})
+            return len(await cursor.fetchall())
+
     async def renew_leases(self, ids: list[uuid.UUID], lease: float, sidecar_id: str) -> set[uuid.UUID]:
         rows = await self._all("renew_leases", {
             "ids": ids, "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,

@@ -97,3 +97,31 @@ def test_options__refuse_bad_priority_run_at_and_labels() -> None:
         JobOptions().merged(delay=5, run_at=datetime.now(UTC))
     with pytest.raises(ValueError, match="labels must be a dict of strings"):
         JobOptions().merged(labels={"tenant": 7})
+
+
+async def test_retention__deletes_only_finished_jobs_older_than_it_with_their_history(database_url, db) -> None:
+    def fabricate(state: str, finished_ago: str | None) -> str:
+        row = db.execute(
+            """INSERT INTO perdure.jobs (id, namespace, name, state, payload, payload_encoding, attempt, max_attempts,
+                                         backoff, initial_delay, max_delay, jitter, timeout, run_at, finished_at)
+               VALUES (gen_random_uuid(), 'default', 'old', %s, '', 'json', 1, 3, 'fixed', '1s', '1s', 0, '30s',
+                       now(), now() - %s::interval) RETURNING id""", (state, finished_ago)).fetchone()
+        db.execute("INSERT INTO perdure.attempts (job_id, number) VALUES (%s, 1)", (row[0],))
+        return str(row[0])
+
+    old = [fabricate(state, "2 hours") for state in ("success", "dead", "cancelled")]
+    recent = fabricate("success", "10 minutes")
+    unfinished = fabricate("pending", None)
+    # Two sidecars with a one-hour retention: one at a time deletes, and only what is due.
+    sidecars = [await start_sidecar(database_url, retention=3600.0, retention_interval=0.1) for _ in range(2)]
+    try:
+        for _ in range(500):
+            if db.execute("SELECT count(*) FROM perdure.jobs WHERE id = ANY(%s::uuid[])", (old,)).fetchone()[0] == 0:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        for sidecar in sidecars:
+            await sidecar.stop()
+    left = {str(r[0]) for r in db.execute("SELECT id FROM perdure.jobs").fetchall()}
+    assert left == {recent, unfinished}
+    assert db.execute("SELECT count(*) FROM perdure.attempts WHERE job_id = ANY(%s::uuid[])", (old,)).fetchone()[0] == 0
