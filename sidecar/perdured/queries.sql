@@ -5,6 +5,9 @@
 -- Insert new jobs; rows whose idempotency key exists already in their namespace are skipped,
 -- and so are rows whose id exists (a retried statement whose first try did commit).
 -- A job given a worker_id starts at once on that worker of this sidecar (as a claim would).
+-- The rows to insert, `n`, are unnest() of one array per column for a batch, or VALUES of
+-- plain parameters for a single job (cheaper to send and to plan): store.py fills in the
+-- placeholder below both ways, as "enqueue" and "enqueue_one".
 WITH inserted AS (
     INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
                               max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at,
@@ -19,14 +22,7 @@ WITH inserted AS (
            CASE WHEN n.worker_id IS NOT NULL THEN now() + %(lease)s END,
            CASE WHEN n.worker_id IS NOT NULL THEN %(sidecar_id)s END,
            n.worker_id
-    FROM unnest(%(id)s::uuid[], %(namespace)s::text[], %(name)s::text[], %(payload)s::bytea[],
-                %(payload_encoding)s::text[], %(idempotency_key)s::text[], %(parent_id)s::uuid[],
-                %(max_attempts)s::int[], %(backoff)s::text[], %(initial_delay)s::interval[],
-                %(max_delay)s::interval[], %(jitter)s::float8[], %(timeout)s::interval[], %(delay)s::interval[],
-                %(run_at)s::timestamptz[], %(priority)s::int[], %(labels)s::jsonb[], %(worker_id)s::text[])
-         AS n(id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
-              max_attempts, backoff, initial_delay, max_delay, jitter, timeout, delay, run_at, priority, labels,
-              worker_id)
+    FROM {new_jobs}
     ON CONFLICT DO NOTHING
     RETURNING {job_columns}, worker_id
 ), history AS (

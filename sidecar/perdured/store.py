@@ -30,6 +30,19 @@ FINISHED_JOB_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS
 TERMINAL_STATES = frozenset({"success", "dead", "cancelled"})
 
 
+# The columns of a new job as the enqueue statement receives them, with their types.
+NEW_JOB_FIELDS = (
+    ("id", "uuid"), ("namespace", "text"), ("name", "text"), ("payload", "bytea"),
+    ("payload_encoding", "text"), ("idempotency_key", "text"), ("parent_id", "uuid"),
+    ("max_attempts", "int"), ("backoff", "text"), ("initial_delay", "interval"), ("max_delay", "interval"),
+    ("jitter", "float8"), ("timeout", "interval"), ("delay", "interval"), ("run_at", "timestamptz"),
+    ("priority", "int"), ("labels", "jsonb"), ("worker_id", "text"),
+)
+_NEW_JOB_NAMES = ", ".join(name for name, _ in NEW_JOB_FIELDS)
+_NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
+_NEW_JOB_VALUES = f"(VALUES ({', '.join(f'%({n})s::{t}' for n, t in NEW_JOB_FIELDS)})) AS n({_NEW_JOB_NAMES})"
+
+
 def load_queries(path: Path | None = None) -> dict[str, str]:
     """Split queries.sql into {name: sql} on its `-- name --` headers."""
     queries: dict[str, str] = {}
@@ -38,7 +51,21 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         queries[name] = (body.strip().replace("{job_columns}", JOB_COLUMNS)
                          .replace("{finished_job_columns}", FINISHED_JOB_COLUMNS))
+    queries["enqueue_one"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOB_VALUES)
+    queries["enqueue"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOBS_ARRAYS)
     return queries
+
+
+def _new_job_values(job: NewJob) -> dict[str, Any]:
+    return {
+        "id": job.id, "namespace": job.namespace, "name": job.name, "payload": job.payload,
+        "payload_encoding": job.payload_encoding, "idempotency_key": job.idempotency_key,
+        "parent_id": job.parent_id, "max_attempts": job.retry.max_attempts, "backoff": job.retry.backoff,
+        "initial_delay": timedelta(seconds=job.retry.initial_delay),
+        "max_delay": timedelta(seconds=job.retry.max_delay), "jitter": job.retry.jitter,
+        "timeout": timedelta(seconds=job.timeout), "delay": timedelta(seconds=job.delay), "run_at": job.run_at,
+        "priority": job.priority, "labels": Jsonb(job.labels), "worker_id": job.worker_id,
+    }
 
 
 QUERIES = load_queries()
@@ -115,29 +142,13 @@ class Store:
     async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
         Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`."""
-        params = {
-            "sidecar_id": sidecar_id,
-            "lease": timedelta(seconds=lease),
-            "worker_id": [j.worker_id for j in jobs],
-            "id": [j.id for j in jobs],
-            "namespace": [j.namespace for j in jobs],
-            "name": [j.name for j in jobs],
-            "payload": [j.payload for j in jobs],
-            "payload_encoding": [j.payload_encoding for j in jobs],
-            "idempotency_key": [j.idempotency_key for j in jobs],
-            "parent_id": [j.parent_id for j in jobs],
-            "max_attempts": [j.retry.max_attempts for j in jobs],
-            "backoff": [j.retry.backoff for j in jobs],
-            "initial_delay": [timedelta(seconds=j.retry.initial_delay) for j in jobs],
-            "max_delay": [timedelta(seconds=j.retry.max_delay) for j in jobs],
-            "jitter": [j.retry.jitter for j in jobs],
-            "timeout": [timedelta(seconds=j.timeout) for j in jobs],
-            "delay": [timedelta(seconds=j.delay) for j in jobs],
-            "run_at": [j.run_at for j in jobs],
-            "priority": [j.priority for j in jobs],
-            "labels": [Jsonb(j.labels) for j in jobs],
-        }
-        inserted = {row["id"]: row for row in await self._all("enqueue", params)}
+        rows = [_new_job_values(job) for job in jobs]
+        common = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
+        if len(rows) == 1:
+            query, params = "enqueue_one", rows[0] | common
+        else:
+            query, params = "enqueue", {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
+        inserted = {row["id"]: row for row in await self._all(query, params)}
         skipped = [j for j in jobs if j.id not in inserted]
         if skipped:
             rows = await self._all("jobs_by_id_or_idempotency_key", {
