@@ -84,8 +84,9 @@ CREATE TABLE perdure.attempts (
 
 -- One notification per state change. Kinds: enqueued, started, succeeded, attempt_failed,
 -- dead, cancelled, retried. A job inserted running (started at once on a worker of the
--- enqueuing sidecar) is announced as enqueued, then started. The error message is
--- shortened to keep under NOTIFY's 8 kB.
+-- enqueuing sidecar) gets one notification, "started" with "enqueued": true, which
+-- listeners read as enqueued, then started. The error message is shortened to keep under
+-- NOTIFY's 8 kB.
 CREATE FUNCTION perdure.notify_job_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -93,7 +94,7 @@ DECLARE
     kind text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        kinds := CASE WHEN NEW.state = 'running' THEN ARRAY['enqueued', 'started'] ELSE ARRAY['enqueued'] END;
+        kinds := CASE WHEN NEW.state = 'running' THEN ARRAY['started'] ELSE ARRAY['enqueued'] END;
     ELSIF NEW.state = 'running' THEN
         kinds := ARRAY['started'];
     ELSIF NEW.state = 'success' THEN
@@ -120,7 +121,8 @@ BEGIN
             'at', extract(epoch FROM clock_timestamp()),
             'run_at', extract(epoch FROM NEW.run_at),
             'error_type', NEW.error ->> 'type',
-            'error_message', left(NEW.error ->> 'message', 2000)
+            'error_message', left(NEW.error ->> 'message', 2000),
+            'enqueued', TG_OP = 'INSERT' AND NEW.state = 'running'
         )::text);
     END LOOP;
     RETURN NULL;

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -37,6 +37,7 @@ class JobEvent:
     error_message: str | None = None
     progress: dict[str, Any] | None = None  # for kind "progress"
     log: dict[str, Any] | None = None  # for kind "log": {"level", "message"}
+    started_at_insert: bool = False  # a "started" that also stands for "enqueued"
 
     @property
     def terminal(self) -> bool:
@@ -50,6 +51,7 @@ class JobEvent:
             name=data["name"], attempt=data["attempt"], state=data["state"], at=data["at"],
             run_in=data["run_at"] - data["at"], error_type=data.get("error_type"),
             error_message=data.get("error_message"), progress=data.get("progress"), log=data.get("log"),
+            started_at_insert=bool(data.get("enqueued")),
         )
 
 
@@ -107,6 +109,11 @@ class EventHub:
         except (ValueError, KeyError) as exc:
             log.error("events.bad_notification", error=str(exc), payload=payload[:200])
             return
+        if event.started_at_insert:  # one notification for two events: enqueued, then started
+            self._deliver(replace(event, kind="enqueued", started_at_insert=False))
+        self._deliver(event)
+
+    def _deliver(self, event: JobEvent) -> None:
         for callback in list(self._subscribers):
             try:
                 callback(event)
