@@ -29,7 +29,7 @@ from perdure._errors import (
     StepNotRecordedError,
 )
 from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, LogInfo, ProgressInfo, StepInfo
-from perdure._options import JobOptions
+from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._worker import JobEvent
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "DurableFunction",
     "ErrorInfo",
     "EventTimeoutError",
+    "FunctionLimits",
     "InvalidArgumentError",
     "JobCancelledError",
     "JobContext",
@@ -56,6 +57,7 @@ __all__ = [
     "Perdure",
     "PerdureError",
     "ProgressInfo",
+    "RateLimit",
     "SidecarUnavailableError",
     "StepInfo",
     "StepNotRecordedError",

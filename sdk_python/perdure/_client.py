@@ -21,8 +21,8 @@ from perdure._errors import (
     PerdureError,
     SidecarUnavailableError,
 )
-from perdure._handle import JobHandle
-from perdure._options import JobOptions
+from perdure._handle import STATES, JobDetails, JobHandle, details_from
+from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._sidecar import LocalSidecar
 from perdure._worker import Callback, JobEvent, Worker
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -79,7 +79,8 @@ class Perdure:
         if self._functions:
             # Only a process with handlers takes work, and only for the names it has.
             handlers = {name: fn.fn for name, fn in self._functions.items()}
-            self._worker = Worker(self._channel, namespace=self.namespace, handlers=handlers,
+            limits = [fn.limits.message(name) for name, fn in self._functions.items() if fn.limits.declared]
+            self._worker = Worker(self._channel, namespace=self.namespace, handlers=handlers, limits=limits,
                                   concurrency=self.worker_concurrency, emit=self._emit,
                                   get_event=self._get_event)
             self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
@@ -113,12 +114,27 @@ class Perdure:
 
     def durable(self, name: str, *, max_attempts: int | None = None, backoff: str | None = None,
                 initial_delay: float | None = None, max_delay: float | None = None,
-                timeout: float | None = None, jitter: float | None = None) -> Callable[[F], DurableFunction]:
-        """Make a function durable under `name`: calling it enqueues a job and returns a JobHandle."""
+                timeout: float | None = None, jitter: float | None = None, priority: int | None = None,
+                start_within: float | None = None, max_duration: float | None = None,
+                concurrency: int | None = None, key_concurrency: int | None = None,
+                rate_limit: RateLimit | None = None, key_rate_limit: RateLimit | None = None,
+                ) -> Callable[[F], DurableFunction]:
+        """Make a function durable under `name`: calling it enqueues a job and returns a JobHandle.
+
+        The job options (retries, timeout, priority, the cancellation policies `start_within`
+        and `max_duration`) are defaults that each call may override with `.options(...)`.
+        The limits hold for the function across every sidecar sharing the database:
+        `concurrency` jobs in progress at once, `key_concurrency` (default 1) per
+        `concurrency_key` given to a call, and `rate_limit` / `key_rate_limit` starts per period
+        (`perdure.RateLimit(10, per=60)`). The processes serving the function declare them.
+        """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a durable function needs a non-empty name, got {name!r}")
         options = JobOptions().merged(max_attempts=max_attempts, backoff=backoff, initial_delay=initial_delay,
-                                      max_delay=max_delay, timeout=timeout, jitter=jitter)
+                                      max_delay=max_delay, timeout=timeout, jitter=jitter, priority=priority,
+                                      start_within=start_within, max_duration=max_duration)
+        limits = FunctionLimits(concurrency=concurrency, key_concurrency=key_concurrency, rate_limit=rate_limit,
+                                key_rate_limit=key_rate_limit)
 
         def register(fn: F) -> DurableFunction:
             if not callable(fn):
@@ -127,7 +143,7 @@ class Perdure:
                 raise ValueError(f"a durable function named {name!r} is already registered")
             if self._channel is not None:
                 raise PerdureError(f"define durable function {name!r} before starting Perdure")
-            durable = DurableFunction(self, name, fn, options)
+            durable = DurableFunction(self, name, fn, options, limits)
             self._functions[name] = durable
             return durable
 
@@ -137,6 +153,46 @@ class Perdure:
         """Enqueue a call of `name` by name (its handler may live in another process or language).
         Keyword arguments are job options (idempotency_key, max_attempts, timeout, delay, ...)."""
         return await self._enqueue(name, args, {}, JobOptions().merged(**options))
+
+    # -- many jobs at once: listing, dead letters --------------------------------------------
+
+    async def list_jobs(self, name: str | None = None, *, status: str | list[str] | None = None,
+                        labels: dict[str, str] | None = None, error_type: str | None = None,
+                        error_contains: str | None = None, limit: int = 100) -> list[JobDetails]:
+        """Jobs of this namespace, newest first, at most `limit`: of function `name`, in these
+        states, carrying these labels, whose last error has this type or whose message contains
+        this text (case-insensitive). The dead letters: `list_jobs(status="dead")`."""
+        if not _is_count(limit):
+            raise ValueError(f"limit must be an integer of at least 1, got {limit!r}")
+        request = jobs_pb2.ListJobsRequest(**_job_filter(self.namespace, name, status, labels, error_type,
+                                                         error_contains))
+        jobs: list[JobDetails] = []
+        while len(jobs) < limit:
+            request.page_size = min(limit - len(jobs), 1000)
+            response = await self._call("ListJobs", request)
+            jobs.extend(details_from(job) for job in response.jobs)
+            if not response.next_page_token:
+                break
+            request.page_token = response.next_page_token
+        return jobs
+
+    async def retry_jobs(self, name: str | None = None, *, status: str | list[str] = "dead",
+                         labels: dict[str, str] | None = None, error_type: str | None = None,
+                         error_contains: str | None = None) -> int:
+        """Run every dead (or, with status="cancelled", cancelled) job that matches the filter
+        again, each with a fresh set of attempts, in one call. Returns how many."""
+        request = jobs_pb2.RetryJobsRequest(filter=jobs_pb2.JobFilter(**_job_filter(
+            self.namespace, name, status, labels, error_type, error_contains)))
+        return (await self._call("RetryJobs", request, timeout=None)).retried
+
+    async def purge_jobs(self, name: str | None = None, *, status: str | list[str] = "dead",
+                         labels: dict[str, str] | None = None, error_type: str | None = None,
+                         error_contains: str | None = None) -> int:
+        """Delete the finished jobs (dead by default; success, dead or cancelled) that match
+        the filter, with their history. Returns how many."""
+        request = jobs_pb2.PurgeJobsRequest(filter=jobs_pb2.JobFilter(**_job_filter(
+            self.namespace, name, status, labels, error_type, error_contains)))
+        return (await self._call("PurgeJobs", request, timeout=None)).purged
 
     async def emit_event(self, name: str, payload: Any = None) -> int:
         """Emit the durable event `name` with a JSON payload: jobs waiting for it
@@ -216,6 +272,29 @@ class Perdure:
                 logging.getLogger("perdure").warning("callback for %s failed: %r", event, exc)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+STATE_VALUES = {name: value for value, name in STATES.items()}
+
+
+def _job_filter(namespace: str, name: str | None, status: str | list[str] | None, labels: dict[str, str] | None,
+                error_type: str | None, error_contains: str | None) -> dict[str, Any]:
+    """The filter fields ListJobs, RetryJobs and PurgeJobs share, checked."""
+    statuses = [status] if isinstance(status, str) else list(status or [])
+    unknown = [s for s in statuses if s not in STATE_VALUES]
+    if unknown:
+        raise ValueError(f"unknown status {unknown[0]!r}; expected some of {', '.join(STATE_VALUES)}")
+    if labels is not None and not (isinstance(labels, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items())):
+        raise ValueError(f"labels must be a dict of strings to strings, got {labels!r}")
+    return {
+        "namespace": namespace, "name": name or "", "states": [STATE_VALUES[s] for s in statuses],
+        "labels": labels or {}, "error_type": error_type or "", "error_contains": error_contains or "",
+    }
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:
     code, detail = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -231,18 +310,21 @@ class DurableFunction:
     """A function made durable. `await f(*args)` enqueues and returns a JobHandle;
     `f.options(...)(*args)` does the same with per-call options; `f.fn` is the plain function."""
 
-    def __init__(self, client: Perdure, name: str, fn: Callable[..., Any], options: JobOptions) -> None:
+    def __init__(self, client: Perdure, name: str, fn: Callable[..., Any], options: JobOptions,
+                 limits: FunctionLimits | None = None) -> None:
         self.client = client
         self.name = name
         self.fn = fn
         self.default_options = options
+        self.limits = limits or FunctionLimits()
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
         return await self.client._enqueue(self.name, args, kwargs, self.default_options)
 
     def options(self, **overrides: Any) -> _BoundCall:
-        """Per-call options: idempotency_key, delay, and any retry option or timeout."""
+        """Per-call options: idempotency_key, delay or run_at, priority, labels, concurrency_key,
+        start_within, max_duration, and any retry option or timeout."""
         return _BoundCall(self, self.default_options.merged(**overrides))
 
     def __repr__(self) -> str:

@@ -105,6 +105,12 @@ class JobDetails:
     children: list[JobDetails]
     priority: int
     labels: dict[str, str]
+    concurrency_key: str | None
+    # The cancellation policies: cancelled if not started by start_by, or not ended by
+    # deadline (max_duration after its first start).
+    start_by: datetime | None
+    max_duration: float | None
+    deadline: datetime | None
 
 
 def _time(job: Any, field: str) -> datetime | None:
@@ -153,6 +159,10 @@ def details_from(job: types_pb2.Job) -> JobDetails:
         children=[details_from(child) for child in job.children],
         priority=job.priority,
         labels=dict(job.labels),
+        concurrency_key=job.concurrency_key or None,
+        start_by=_time(job, "start_by"),
+        max_duration=job.max_duration.ToNanoseconds() / 1e9 if job.HasField("max_duration") else None,
+        deadline=_time(job, "deadline"),
     )
 
 

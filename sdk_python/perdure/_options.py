@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from perdure.v1 import jobs_pb2, types_pb2
+from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
 
 BACKOFFS = {
     "exponential": types_pb2.BACKOFF_EXPONENTIAL,
@@ -34,6 +34,9 @@ class JobOptions:
     run_at: datetime | None = None
     priority: int | None = None
     labels: dict[str, str] | None = None
+    concurrency_key: str | None = None
+    start_within: float | None = None
+    max_duration: float | None = None
 
     def merged(self, **overrides: Any) -> JobOptions:
         known = {f.name for f in fields(self)}
@@ -53,8 +56,10 @@ class JobOptions:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or value < 0):
                 raise ValueError(f"{name} must be a number of seconds, not negative, got {value!r}")
-        if self.timeout is not None and (not _is_number(self.timeout) or self.timeout <= 0):
-            raise ValueError(f"timeout must be a number of seconds greater than 0, got {self.timeout!r}")
+        for name in ("timeout", "start_within", "max_duration"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ValueError(f"{name} must be a number of seconds greater than 0, got {value!r}")
         if self.jitter is not None and (not _is_number(self.jitter) or not 0 <= self.jitter <= 1):
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         if (self.initial_delay is not None and self.max_delay is not None
@@ -69,8 +74,10 @@ class JobOptions:
         if self.labels is not None and (not isinstance(self.labels, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items())):
             raise ValueError(f"labels must be a dict of strings to strings, got {self.labels!r}")
-        if self.idempotency_key is not None and (not isinstance(self.idempotency_key, str) or not self.idempotency_key):
-            raise ValueError(f"idempotency_key must be a non-empty string, got {self.idempotency_key!r}")
+        for name in ("idempotency_key", "concurrency_key"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
     def request(self, *, namespace: str, name: str, payload: types_pb2.Payload,
                 parent_id: str | None = None) -> jobs_pb2.EnqueueRequest:
@@ -97,7 +104,67 @@ class JobOptions:
             request.priority = self.priority
         if self.labels:
             request.labels.update(self.labels)
+        if self.concurrency_key:
+            request.concurrency_key = self.concurrency_key
+        if self.start_within is not None:
+            request.start_within.CopyFrom(_duration(self.start_within))
+        if self.max_duration is not None:
+            request.max_duration.CopyFrom(_duration(self.max_duration))
         return request
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` starts per `per` seconds (every attempt counts, a resumption too)."""
+
+    limit: int
+    per: float
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.limit) or self.limit < 1:
+            raise ValueError(f"a rate limit's limit must be an integer of at least 1, got {self.limit!r}")
+        if not _is_number(self.per) or self.per <= 0:
+            raise ValueError(f"a rate limit's period (per) must be a number of seconds greater than 0, got {self.per!r}")
+
+    def message(self) -> workers_pb2.RateLimit:
+        return workers_pb2.RateLimit(limit=self.limit, period=_duration(self.per))
+
+
+@dataclass(frozen=True)
+class FunctionLimits:
+    """Flow control of one durable function, across every sidecar sharing the database:
+    at most `concurrency` jobs in progress (running or suspended) at once, at most
+    `key_concurrency` (default 1) per concurrency key, and at most `rate_limit` starts per
+    period for the function and `key_rate_limit` per key."""
+
+    concurrency: int | None = None
+    key_concurrency: int | None = None
+    rate_limit: RateLimit | None = None
+    key_rate_limit: RateLimit | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "key_concurrency"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+        for name in ("rate_limit", "key_rate_limit"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, RateLimit):
+                raise ValueError(f"{name} must be a perdure.RateLimit(limit, per=seconds), got {value!r}")
+
+    @property
+    def declared(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def message(self, name: str) -> workers_pb2.FunctionLimits:
+        message = workers_pb2.FunctionLimits(name=name, concurrency=self.concurrency or 0)
+        if self.key_concurrency is not None:
+            message.key_concurrency = self.key_concurrency
+        if self.rate_limit is not None:
+            message.rate_limit.CopyFrom(self.rate_limit.message())
+        if self.key_rate_limit is not None:
+            message.key_rate_limit.CopyFrom(self.key_rate_limit.message())
+        return message
 
 
 def _duration(seconds: float) -> Duration:

@@ -44,11 +44,12 @@ class Worker:
     """One Work stream: registers the handlers, runs assignments, reconnects when it drops."""
 
     def __init__(self, channel: grpc.aio.Channel, *, namespace: str, handlers: dict[str, Callable[..., Any]],
-                 concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]],
+                 limits: list[workers_pb2.FunctionLimits], concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]],
                  get_event: _context.EventLookup) -> None:
         self._stub = workers_pb2_grpc.WorkersStub(channel)
         self._namespace = namespace
         self._handlers = handlers
+        self._limits = limits
         self._concurrency = concurrency
         self._emit = emit
         self._get_event = get_event
@@ -88,7 +89,7 @@ class Worker:
         try:
             await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
                 namespace=self._namespace, names=sorted(self._handlers), concurrency=self._concurrency,
-                worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK,
+                worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK, limits=self._limits,
             )))
             while True:
                 message = await call.read()

@@ -25,8 +25,14 @@ MAX_AWAIT = 60.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 WATCH_BUFFER = 10_000
+BULK_BATCH = 1000  # rows per statement of RetryJobs and PurgeJobs: short locks, bounded memory
+RETRYABLE_STATES = frozenset({"dead", "cancelled"})
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def _described(where: validation.JobFilter) -> dict[str, Any]:
+    return {key: value for key, value in vars(where).items() if value is not None}
 
 
 def _errors_as_status(method: Handler) -> Handler:
@@ -75,15 +81,12 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     @_errors_as_status
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        namespace = validation.namespace(request.namespace)
-        name = validation.function_name(request.name) if request.name else None
-        states = validation.job_states(list(request.states)) or None
+        where = validation.job_filter(request)
         if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for the default)")
         page_size = request.page_size or DEFAULT_PAGE_SIZE
         before = validation.job_id(request.page_token, "page_token") if request.page_token else None
-        labels = validation.job_labels(dict(request.labels)) or None
-        rows = await self.store.list_jobs(namespace, name, states, before, page_size + 1, labels)
+        rows = await self.store.list_jobs(where, before, page_size + 1)
         more = len(rows) > page_size
         rows = rows[:page_size]
         return jobs_pb2.ListJobsResponse(
@@ -132,6 +135,20 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                                 f"job {job_id} is {existing['state']}; only dead or cancelled jobs can be retried")
         log.info("job.retried", job_id=str(job_id))
         return jobs_pb2.RetryJobResponse(job=convert.job(row))
+
+    @_errors_as_status
+    async def RetryJobs(self, request: jobs_pb2.RetryJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobsResponse:
+        where = validation.job_filter(request.filter, allowed_states=RETRYABLE_STATES, default_states=["dead"])
+        retried = await self.store.retry_jobs(where, BULK_BATCH)
+        log.info("jobs.retried", jobs=retried, **_described(where))
+        return jobs_pb2.RetryJobsResponse(retried=retried)
+
+    @_errors_as_status
+    async def PurgeJobs(self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.PurgeJobsResponse:
+        where = validation.job_filter(request.filter, allowed_states=TERMINAL_STATES, default_states=["dead"])
+        purged = await self.store.purge_jobs(where, BULK_BATCH)
+        log.info("jobs.purged", jobs=purged, **_described(where))
+        return jobs_pb2.PurgeJobsResponse(purged=purged)
 
     @_errors_as_status
     async def EmitEvent(self, request: jobs_pb2.EmitEventRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EmitEventResponse:

@@ -136,7 +136,12 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
         parent_id=str(row["parent_id"]) if row["parent_id"] else "",
         priority=row.get("priority") or 0,
         labels=row.get("labels") or {},
+        concurrency_key=row.get("concurrency_key") or "",
+        start_by=timestamp(row.get("start_by")),
+        deadline=timestamp(row.get("deadline_at")),
     )
+    if row.get("max_duration") is not None:
+        message.max_duration.CopyFrom(duration(row["max_duration"]))
     if row["result_encoding"] is not None:
         message.result.CopyFrom(types_pb2.Payload(data=row["result"] or b"", encoding=row["result_encoding"]))
     if attempts:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import psycopg
 
 from perdure.v1 import types_pb2, workers_pb2
 from perdured import convert, validation
@@ -138,15 +139,21 @@ class Dispatcher:
         if not self.accepting:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
         try:
-            namespace, names, concurrency = validation.registration(first.register)
+            registration = validation.registration(first.register)
         except validation.InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        namespace, names = registration.namespace, registration.names
+        try:
+            # Before the worker gets anything: its functions' limits hold from its first job.
+            await self.store.register_functions(namespace, sorted(names), registration.limits)
+        except psycopg.Error as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot record the functions' limits: {exc}")
         label = first.register.worker_name or f"{socket.gethostname()}"
         worker_id = f"{label}@{self.sidecar_id}#{next(self._serial)}"
-        session = WorkerSession(worker_id, namespace, names, concurrency)
+        session = WorkerSession(worker_id, namespace, names, registration.concurrency)
         self.sessions[worker_id] = session
-        log.info("worker.registered", worker_id=worker_id, namespace=namespace,
-                 functions=sorted(names), concurrency=concurrency, sdk=first.register.sdk)
+        log.info("worker.registered", worker_id=worker_id, namespace=namespace, functions=sorted(names),
+                 concurrency=registration.concurrency, limits=sorted(registration.limits), sdk=first.register.sdk)
         return session
 
     async def _read(self, session: WorkerSession, requests: AsyncIterator[workers_pb2.WorkerMessage]) -> None:

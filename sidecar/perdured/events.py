@@ -21,6 +21,8 @@ import psycopg
 from perdured.logs import log
 
 CHANNEL = "perdure_events"
+# A function's flow control changed (0009_flow_control.sql): {"namespace", "name"}.
+FUNCTIONS_CHANNEL = "perdure_functions"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class EventHub:
         self._url = url
         self._subscribers: list[Callable[[JobEvent], None]] = []
         self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._function_callbacks: list[Callable[[str, str], None]] = []
         self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
         self.ready = asyncio.Event()
 
@@ -70,6 +73,10 @@ class EventHub:
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
+
+    def on_function_changed(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(namespace, name)` when a function's flow control changes."""
+        self._function_callbacks.append(callback)
 
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
@@ -87,6 +94,7 @@ class EventHub:
             try:
                 async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {FUNCTIONS_CHANNEL}")
                     self.ready.set()
                     delay = 0.1
                     if not first:
@@ -94,7 +102,10 @@ class EventHub:
                         self._everyone_recheck()
                     first = False
                     async for notification in conn.notifies():
-                        self._dispatch(notification.payload)
+                        if notification.channel == FUNCTIONS_CHANNEL:
+                            self._function_changed(notification.payload)
+                        else:
+                            self._dispatch(notification.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: try again, and say so
@@ -112,6 +123,16 @@ class EventHub:
         if event.started_at_insert:  # one notification for two events: enqueued, then started
             self._deliver(replace(event, kind="enqueued", started_at_insert=False))
         self._deliver(event)
+
+    def _function_changed(self, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            namespace, name = data["namespace"], data["name"]
+        except (ValueError, KeyError) as exc:
+            log.error("events.bad_notification", error=str(exc), payload=payload[:200])
+            return
+        for callback in self._function_callbacks:
+            callback(namespace, name)
 
     def _deliver(self, event: JobEvent) -> None:
         for callback in list(self._subscribers):

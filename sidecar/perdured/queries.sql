@@ -4,25 +4,40 @@
 -- enqueue --
 -- Insert new jobs; rows whose idempotency key exists already in their namespace are skipped,
 -- and so are rows whose id exists (a retried statement whose first try did commit).
--- A job given a worker_id starts at once on that worker of this sidecar (as a claim would).
+-- A job given a worker_id starts at once on that worker of this sidecar (as a claim would),
+-- unless flow control applies to it (a concurrency key, or its function is controlled: see
+-- 0009_flow_control.sql); then it waits for a claim. A key makes its function controlled.
 -- The rows to insert, `n`, are unnest() of one array per column for a batch, or VALUES of
 -- plain parameters for a single job (cheaper to send and to plan): store.py fills in the
 -- placeholder below both ways, as "enqueue" and "enqueue_one".
-WITH inserted AS (
+WITH new_jobs AS (
+    SELECT n.*, coalesce(n.run_at, now() + n.delay) AS runs_at,
+           CASE WHEN n.concurrency_key IS NULL AND NOT EXISTS (
+               SELECT 1 FROM perdure.functions f WHERE f.namespace = n.namespace AND f.name = n.name)
+           THEN n.worker_id END AS start_on
+    FROM {new_jobs}
+), keyed AS (
+    INSERT INTO perdure.functions (namespace, name)
+    SELECT DISTINCT namespace, name FROM new_jobs WHERE concurrency_key IS NOT NULL
+    ON CONFLICT DO NOTHING
+), inserted AS (
     INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
                               max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at,
-                              priority, labels, state, attempt, started_at, lease_expires_at, sidecar_id,
-                              worker_id)
+                              priority, labels, concurrency_key, start_by, max_duration, deadline_at,
+                              state, attempt, started_at, lease_expires_at, sidecar_id, worker_id)
     SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
-           n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout,
-           coalesce(n.run_at, now() + n.delay), n.priority, n.labels,
-           CASE WHEN n.worker_id IS NULL THEN 'pending' ELSE 'running' END,
-           (n.worker_id IS NOT NULL)::int,
-           CASE WHEN n.worker_id IS NOT NULL THEN now() END,
-           CASE WHEN n.worker_id IS NOT NULL THEN now() + %(lease)s END,
-           CASE WHEN n.worker_id IS NOT NULL THEN %(sidecar_id)s END,
-           n.worker_id
-    FROM {new_jobs}
+           n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, n.runs_at,
+           n.priority, n.labels, n.concurrency_key,
+           CASE WHEN n.start_on IS NULL THEN n.runs_at + n.start_within END,
+           n.max_duration,
+           CASE WHEN n.start_on IS NOT NULL THEN now() + n.max_duration END,
+           CASE WHEN n.start_on IS NULL THEN 'pending' ELSE 'running' END,
+           (n.start_on IS NOT NULL)::int,
+           CASE WHEN n.start_on IS NOT NULL THEN now() END,
+           CASE WHEN n.start_on IS NOT NULL THEN now() + %(lease)s END,
+           CASE WHEN n.start_on IS NOT NULL THEN %(sidecar_id)s END,
+           n.start_on
+    FROM new_jobs n
     ON CONFLICT DO NOTHING
     RETURNING {job_columns}, worker_id
 ), history AS (
@@ -48,44 +63,174 @@ SELECT {job_columns} FROM perdure.jobs WHERE id = %(id)s AND namespace = %(names
 SELECT number, worker_id, sidecar_id, started_at, ended_at, outcome, error
 FROM perdure.attempts WHERE job_id = %(id)s ORDER BY number
 
+-- job_filter --
+-- The filter ListJobs, RetryJobs and PurgeJobs share (a fragment of their WHERE clauses).
+namespace = %(namespace)s
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
+  AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s)
+  AND (%(error_type)s::text IS NULL OR error ->> 'type' = %(error_type)s)
+  AND (%(error_contains)s::text IS NULL OR strpos(lower(error ->> 'message'), lower(%(error_contains)s)) > 0)
+
 -- list_jobs --
 -- Newest first; `before` is the last id of the previous page (ids sort by creation time).
 SELECT {job_columns} FROM perdure.jobs
-WHERE namespace = %(namespace)s
-  AND (%(name)s::text IS NULL OR name = %(name)s)
-  AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
+WHERE {job_filter}
   AND (%(before)s::uuid IS NULL OR id < %(before)s)
-  AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s)
 ORDER BY id DESC
 LIMIT %(limit)s
 
+-- claimed_jobs --
+-- The end of both claims (a fragment): move the jobs in `numbered(id, slot)` to running on
+-- the worker of their slot (`slots` holds a worker id per free slot), with a lease and an
+-- attempt row. A first start clears start_by and sets the deadline of max_duration.
+claimed AS (
+    UPDATE perdure.jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, started_at = coalesce(j.started_at, now()),
+        lease_expires_at = now() + %(lease)s, sidecar_id = %(sidecar_id)s,
+        worker_id = (%(slots)s::text[])[n.slot],
+        start_by = NULL, deadline_at = coalesce(j.deadline_at, now() + j.max_duration)
+    FROM numbered n WHERE j.id = n.id AND j.state IN ('pending', 'suspended')
+    RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.uncounted_attempts,
+              j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
+              j.worker_id, j.run_at, j.priority, j.concurrency_key
+), history AS (
+    INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
+    SELECT id, attempt, %(sidecar_id)s, worker_id FROM claimed
+)
+
 -- claim --
 -- Move runnable jobs of these functions to running, highest priority first, then oldest
--- run_at, one per free worker slot: `slots`
--- holds a worker id per slot, and the n-th job claimed goes to the n-th slot.
+-- run_at, one per free worker slot; the n-th job claimed goes to the n-th slot. Jobs under
+-- flow control (a concurrency key, a controlled function) are left to claim_limited.
 WITH picked AS (
     SELECT id, priority, run_at FROM perdure.jobs
     WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = ANY(%(names)s)
-      AND run_at <= now()
+      AND run_at <= now() AND concurrency_key IS NULL
+      AND name <> ALL(ARRAY(SELECT name FROM perdure.functions WHERE namespace = %(namespace)s))
     ORDER BY priority DESC, run_at, id
     LIMIT cardinality(%(slots)s::text[])
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS slot FROM picked
-), claimed AS (
-    UPDATE perdure.jobs AS j
-    SET state = 'running', attempt = j.attempt + 1, started_at = coalesce(j.started_at, now()),
-        lease_expires_at = now() + %(lease)s, sidecar_id = %(sidecar_id)s,
-        worker_id = (%(slots)s::text[])[n.slot]
-    FROM numbered n WHERE j.id = n.id
-    RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.uncounted_attempts,
-              j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
-              j.worker_id, j.run_at, j.priority
-), history AS (
-    INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
-    SELECT id, attempt, %(sidecar_id)s, worker_id FROM claimed
+), {claimed_jobs}
+SELECT * FROM claimed ORDER BY priority DESC, run_at, id
+
+-- lock_function --
+-- Serialises the claims of one controlled function across sidecars (until the end of the
+-- transaction), so that each counts what the previous one started.
+SELECT pg_advisory_xact_lock(hashtextextended(%(namespace)s || chr(31) || %(name)s, 11))
+
+-- claim_limited --
+-- Claim runnable jobs of one controlled function within its limits (under lock_function).
+-- A job in progress (running or suspended) holds a slot of its function and of its key; a
+-- suspended job that resumes keeps the slot it holds. Every start counts toward the rate
+-- limits. Candidates go in claim order (priority, run_at, id) through one test at a time,
+-- each counting only the candidates that passed the tests before it, so that a job held
+-- back never uses up room that a job behind it could take:
+--   1. per key, new jobs within the key's free slots;
+--   2. per key, starts within the key's rate limit;
+--   3. new jobs within the function's free slots;
+--   4. starts within the function's rate limit and the free worker slots.
+WITH fn AS (
+    SELECT * FROM perdure.functions WHERE namespace = %(namespace)s AND name = %(name)s
+), in_progress AS (
+    SELECT concurrency_key, count(*) AS jobs FROM perdure.jobs
+    WHERE namespace = %(namespace)s AND name = %(name)s AND state IN ('running', 'suspended')
+    GROUP BY concurrency_key
+), recent AS (
+    SELECT s.concurrency_key,
+           s.started_at > now() - fn.rate_period AS in_rate_period,
+           s.started_at > now() - fn.key_rate_period AS in_key_rate_period
+    FROM perdure.rate_limited_starts s, fn
+    WHERE s.namespace = %(namespace)s AND s.name = %(name)s
+      AND s.started_at > now() - greatest(fn.rate_period, fn.key_rate_period)
+), candidates AS (
+    SELECT j.id, j.priority, j.run_at, j.concurrency_key, j.state = 'pending' AS new,
+           count(*) FILTER (WHERE j.state = 'pending') OVER (
+               PARTITION BY j.concurrency_key ORDER BY j.priority DESC, j.run_at, j.id) AS new_of_key
+    FROM perdure.jobs j
+    WHERE j.state IN ('pending', 'suspended') AND j.namespace = %(namespace)s AND j.name = %(name)s
+      AND j.run_at <= now()
+), within_key_slots AS (
+    SELECT c.* FROM candidates c, fn
+    WHERE c.concurrency_key IS NULL OR NOT c.new OR c.new_of_key <= fn.key_concurrency - coalesce(
+        (SELECT p.jobs FROM in_progress p WHERE p.concurrency_key = c.concurrency_key), 0)
+), within_key_rate AS (
+    SELECT k.* FROM (
+        SELECT w.*, row_number() OVER (PARTITION BY w.concurrency_key ORDER BY w.priority DESC, w.run_at, w.id)
+                    AS start_of_key
+        FROM within_key_slots w) k, fn
+    WHERE k.concurrency_key IS NULL OR fn.key_rate_limit IS NULL OR k.start_of_key <= fn.key_rate_limit - (
+        SELECT count(*) FROM recent r WHERE r.concurrency_key = k.concurrency_key AND r.in_key_rate_period)
+), within_slots AS (
+    SELECT s.* FROM (
+        SELECT k.*, count(*) FILTER (WHERE k.new) OVER (ORDER BY k.priority DESC, k.run_at, k.id) AS new_overall
+        FROM within_key_rate k) s, fn
+    WHERE NOT s.new OR fn.concurrency IS NULL OR s.new_overall <= fn.concurrency - coalesce(
+        (SELECT sum(p.jobs) FROM in_progress p), 0)
+), numbered AS (
+    SELECT r.id, r.slot FROM (
+        SELECT s.id, row_number() OVER (ORDER BY s.priority DESC, s.run_at, s.id) AS slot FROM within_slots s) r, fn
+    WHERE r.slot <= cardinality(%(slots)s::text[])
+      AND (fn.rate_limit IS NULL OR r.slot <= fn.rate_limit - (SELECT count(*) FROM recent WHERE in_rate_period))
+), {claimed_jobs}, counted AS (
+    INSERT INTO perdure.rate_limited_starts (namespace, name, concurrency_key, started_at)
+    SELECT c.namespace, c.name, c.concurrency_key, now() FROM claimed c, fn
+    WHERE fn.rate_limit IS NOT NULL OR (fn.key_rate_limit IS NOT NULL AND c.concurrency_key IS NOT NULL)
+), pruned AS (
+    DELETE FROM perdure.rate_limited_starts s USING fn
+    WHERE s.namespace = %(namespace)s AND s.name = %(name)s
+      AND s.started_at <= now() - coalesce(greatest(fn.rate_period, fn.key_rate_period), '0')
 )
 SELECT * FROM claimed ORDER BY priority DESC, run_at, id
+
+-- rate_limit_wait --
+-- Seconds until the oldest start within one of a function's rate periods leaves it: when
+-- a claim held jobs back for a rate limit, the earliest moment it may do better (null: no
+-- start counts now).
+SELECT extract(epoch FROM least(
+    (SELECT min(s.started_at) + fn.rate_period FROM perdure.rate_limited_starts s
+     WHERE s.namespace = fn.namespace AND s.name = fn.name AND s.started_at > now() - fn.rate_period),
+    (SELECT min(s.started_at) + fn.key_rate_period FROM perdure.rate_limited_starts s
+     WHERE s.namespace = fn.namespace AND s.name = fn.name AND s.concurrency_key IS NOT NULL
+       AND s.started_at > now() - fn.key_rate_period)
+) - now())::float8 AS wait
+FROM perdure.functions fn WHERE fn.namespace = %(namespace)s AND fn.name = %(name)s
+
+-- controlled_functions --
+-- Which of these functions are under flow control (their claims go through claim_limited).
+SELECT name FROM perdure.functions WHERE namespace = %(namespace)s AND name = ANY(%(names)s)
+
+-- register_functions --
+-- Record the limits a worker declares for its functions (the last registration wins); a
+-- function it serves without declaring limits loses those declared before (a key keeps
+-- its default concurrency of 1). Unchanged rows are left alone (no notification).
+WITH declared AS (
+    SELECT * FROM unnest(%(name)s::text[], %(declared)s::bool[], %(concurrency)s::int[],
+                         %(key_concurrency)s::int[], %(rate_limit)s::int[], %(rate_period)s::interval[],
+                         %(key_rate_limit)s::int[], %(key_rate_period)s::interval[])
+        AS d(name, declared, concurrency, key_concurrency, rate_limit, rate_period, key_rate_limit, key_rate_period)
+), upserted AS (
+    INSERT INTO perdure.functions AS f (namespace, name, concurrency, key_concurrency, rate_limit, rate_period,
+                                        key_rate_limit, key_rate_period)
+    SELECT %(namespace)s, name, concurrency, key_concurrency, rate_limit, rate_period, key_rate_limit,
+           key_rate_period
+    FROM declared WHERE declared
+    ON CONFLICT (namespace, name) DO UPDATE
+    SET concurrency = excluded.concurrency, key_concurrency = excluded.key_concurrency,
+        rate_limit = excluded.rate_limit, rate_period = excluded.rate_period,
+        key_rate_limit = excluded.key_rate_limit, key_rate_period = excluded.key_rate_period, updated_at = now()
+    WHERE (f.concurrency, f.key_concurrency, f.rate_limit, f.rate_period, f.key_rate_limit, f.key_rate_period)
+          IS DISTINCT FROM (excluded.concurrency, excluded.key_concurrency, excluded.rate_limit,
+                            excluded.rate_period, excluded.key_rate_limit, excluded.key_rate_period)
+)
+UPDATE perdure.functions AS f
+SET concurrency = NULL, key_concurrency = 1, rate_limit = NULL, rate_period = NULL, key_rate_limit = NULL,
+    key_rate_period = NULL, updated_at = now()
+FROM declared d
+WHERE NOT d.declared AND f.namespace = %(namespace)s AND f.name = d.name
+  AND (f.concurrency IS NOT NULL OR f.key_concurrency <> 1 OR f.rate_limit IS NOT NULL OR f.key_rate_limit IS NOT NULL)
 
 -- finish --
 -- Record attempt outcomes, each only if its job is still running under the same attempt.
@@ -160,32 +305,78 @@ WITH expired AS (
 )
 SELECT id, attempt, state FROM reclaimed
 
--- cancel_job --
--- Cancel a job that has not finished, and all its unfinished descendants; returns the job
--- itself if it was cancelled, nothing if it had finished.
-WITH RECURSIVE tree AS (
-    SELECT id FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+-- cancelled_jobs --
+-- Cancel the unfinished jobs in `roots(id, error)` and all their unfinished descendants (a
+-- fragment). A root's error, when not null, says why (a cancellation policy).
+tree AS (
+    SELECT id, error FROM roots
     UNION ALL
-    SELECT child.id FROM perdure.jobs child JOIN tree ON child.parent_id = tree.id
+    SELECT child.id, NULL::jsonb FROM perdure.jobs child JOIN tree ON child.parent_id = tree.id
 ), cancelled AS (
-    UPDATE perdure.jobs
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL,
-        waiting_for = NULL
-    WHERE id IN (SELECT id FROM tree) AND state IN ('pending', 'running', 'suspended')
-    RETURNING {job_columns}
+    UPDATE perdure.jobs AS j
+    SET state = 'cancelled', error = coalesce(t.error, j.error), finished_at = now(), lease_expires_at = NULL,
+        sidecar_id = NULL, worker_id = NULL, waiting_for = NULL
+    FROM tree t WHERE j.id = t.id AND j.state IN ('pending', 'running', 'suspended')
+    RETURNING {finished_job_columns}
 ), history AS (
     UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'cancelled'
     FROM cancelled c WHERE h.job_id = c.id AND h.number = c.attempt AND h.outcome = 'running'
 )
+
+-- cancel_job --
+-- Cancel a job that has not finished, and all its unfinished descendants; returns the job
+-- itself if it was cancelled, nothing if it had finished.
+WITH RECURSIVE roots AS (
+    SELECT id, NULL::jsonb AS error FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
+), {cancelled_jobs}
 SELECT * FROM cancelled WHERE id = %(id)s
 
--- retry_job --
--- Send a dead or cancelled job back to pending with a fresh set of attempts.
-UPDATE perdure.jobs
-SET state = 'pending', uncounted_attempts = attempt, run_at = now(), finished_at = NULL, result = NULL,
-    result_encoding = NULL
-WHERE id = %(id)s AND namespace = %(namespace)s AND state IN ('dead', 'cancelled')
-RETURNING {job_columns}
+-- cancel_overdue --
+-- The cancellation policies: cancel up to `limit` jobs not started by their start_by, or not
+-- ended by their deadline, with their descendants; returns those jobs.
+WITH RECURSIVE roots AS (
+    SELECT id, CASE WHEN state = 'pending' AND start_by < now()
+        THEN jsonb_build_object('type', 'perdure.StartTimeout', 'non_retryable', true, 'traceback', '',
+                                'message', 'not started by ' || start_by || ', as its start_within asks')
+        ELSE jsonb_build_object('type', 'perdure.DeadlineExceeded', 'non_retryable', true, 'traceback', '',
+                                'message', 'not ended by ' || deadline_at || ', ' || max_duration
+                                           || ' after its first start, as its max_duration asks')
+        END AS error
+    FROM perdure.jobs
+    WHERE (state = 'pending' AND start_by < now())
+       OR (state IN ('pending', 'running', 'suspended') AND deadline_at < now())
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), {cancelled_jobs}
+SELECT c.id, c.namespace, c.name, c.error ->> 'type' AS reason FROM cancelled c JOIN roots USING (id)
+
+-- retry_jobs --
+-- Send dead or cancelled jobs back to pending with a fresh set of attempts: one job by id, or
+-- up to `limit` that match the filter and finished before `finished_before`. A retried job
+-- gets a new deadline at its next start.
+WITH matched AS (
+    SELECT id FROM perdure.jobs
+    WHERE {job_filter} AND state IN ('dead', 'cancelled')
+      AND (%(id)s::uuid IS NULL OR id = %(id)s)
+      AND (%(finished_before)s::timestamptz IS NULL OR finished_at < %(finished_before)s)
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE perdure.jobs AS j
+SET state = 'pending', uncounted_attempts = j.attempt, run_at = now(), finished_at = NULL, result = NULL,
+    result_encoding = NULL, start_by = NULL, deadline_at = NULL
+FROM matched WHERE j.id = matched.id
+RETURNING {finished_job_columns}
+
+-- purge_jobs --
+-- Delete up to `limit` finished jobs that match the filter, with their history.
+DELETE FROM perdure.jobs
+WHERE id IN (
+    SELECT id FROM perdure.jobs
+    WHERE {job_filter} AND state IN ('success', 'dead', 'cancelled')
+    LIMIT %(limit)s
+)
+RETURNING id
 
 -- next_run_at --
 -- How long until the next pending job of these functions becomes runnable (null: none waits).

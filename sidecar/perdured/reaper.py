@@ -1,8 +1,10 @@
-"""Lease upkeep: renew ours in one statement, reclaim those a dead sidecar left behind."""
+"""Upkeep: renew our leases in one statement, reclaim those a dead sidecar left behind,
+apply the cancellation policies, delete old finished jobs."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from perdured.dispatch import Dispatcher
 from perdured.logs import log
@@ -29,18 +31,37 @@ async def renew_leases_forever(dispatcher: Dispatcher, lease: float) -> None:
 
 async def reclaim_forever(store: Store, lease: float) -> None:
     """Every sidecar runs this; SKIP LOCKED keeps them from stepping on each other."""
+    async def reclaim() -> int:
+        rows = await store.reclaim_expired(RECLAIM_BATCH, LEASE_EXPIRED)
+        for row in rows:
+            log.warning("job.lease_expired", job_id=str(row["id"]), attempt=row["attempt"], state=row["state"])
+        return len(rows)
+
+    await _in_batches_forever(reclaim, lease, "leases.reclaim_failed")
+
+
+async def cancel_overdue_forever(store: Store, lease: float) -> None:
+    """The cancellation policies: cancel jobs not started in time, or not ended by their
+    deadline. Every sidecar runs this, as often as the reaper; SKIP LOCKED keeps them apart."""
+    async def cancel() -> int:
+        rows = await store.cancel_overdue(RECLAIM_BATCH)
+        for row in rows:
+            log.info("job.cancelled_by_policy", job_id=str(row["id"]), name=row["name"], reason=row["reason"])
+        return len(rows)
+
+    await _in_batches_forever(cancel, lease, "policies.cancel_failed")
+
+
+async def _in_batches_forever(batch: Callable[[], Awaitable[int]], lease: float, failure: str) -> None:
+    """Run `batch` a few times per lease, and again at once while it comes back full."""
     interval = min(max(lease / 4, 0.2), 10.0)
     while True:
         await asyncio.sleep(interval)
         try:
-            while True:
-                rows = await store.reclaim_expired(RECLAIM_BATCH, LEASE_EXPIRED)
-                for row in rows:
-                    log.warning("job.lease_expired", job_id=str(row["id"]), attempt=row["attempt"], state=row["state"])
-                if len(rows) < RECLAIM_BATCH:
-                    break
+            while await batch() >= RECLAIM_BATCH:
+                pass
         except Exception as exc:
-            log.error("leases.reclaim_failed", error=str(exc))
+            log.error(failure, error=str(exc))
 
 
 RETENTION_BATCH = 1000

@@ -4,6 +4,11 @@ It sleeps until one of: a notification that a job of a function our workers serv
 runnable, a worker slot freed while jobs may be waiting, the timer for the next future
 `run_at`, or the slow safety poll. Then it claims, per group of workers that serve the
 same functions, exactly as many jobs as they have free slots.
+
+Functions under flow control (concurrency or rate limits, concurrency keys: see
+0009_flow_control.sql) are claimed one function at a time through `Store.claim_limited`,
+which counts what runs across every sidecar. A job of such a function that ends anywhere
+may free room, so its notification wakes the claim too; a rate limit sets a timer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from perdured.validation import NewJob
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
+# Events after which a job no longer holds a slot of its function's concurrency limits.
+FREES_SLOT = frozenset({"succeeded", "dead", "cancelled", "attempt_failed"})
 ANNOUNCED_LIMIT = 10_000
 
 
@@ -43,6 +50,10 @@ class Scheduler:
         self._waiting: set[Group] = set()
         # Jobs enqueued through this sidecar whose notification has not arrived yet (ordered).
         self._announced: dict[uuid.UUID, None] = {}
+        # (namespace, name) of functions under flow control (rows are never removed), and the
+        # groups whose functions have not been looked up yet.
+        self._controlled: set[tuple[str, str]] = set()
+        self._unchecked: set[Group] = set()
         # Group commit: concurrent Enqueue calls share one INSERT and one commit.
         self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(self._insert)
         dispatcher.on_capacity = self._on_capacity
@@ -78,6 +89,8 @@ class Scheduler:
     def _free_worker(self, job: NewJob) -> WorkerSession | None:
         if not self.dispatcher.accepting:
             return None
+        if job.concurrency_key is not None or (job.namespace, job.name) in self._controlled:
+            return None  # flow control decides when it starts
         for session in self.dispatcher.sessions.values():
             if session.namespace == job.namespace and job.name in session.names and session.free_slots > 0:
                 # Never ahead of jobs that may be waiting already.
@@ -88,7 +101,11 @@ class Scheduler:
         return await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
 
     def on_event(self, event: JobEvent) -> None:
-        if event.kind not in RUNNABLE or (group := self.dispatcher.serves(event.namespace, event.name)) is None:
+        if (group := self.dispatcher.serves(event.namespace, event.name)) is None:
+            return
+        if event.kind in FREES_SLOT and (event.namespace, event.name) in self._controlled:
+            self._runnable(group)  # room under its limits, maybe
+        if event.kind not in RUNNABLE:
             return
         if event.kind == "enqueued" and (event.state != "pending" or self._announced.pop(event.job_id, False) is None):
             return  # started at once, or already acted on when it was enqueued here
@@ -101,8 +118,15 @@ class Scheduler:
         self._waiting.add(group)
         self._wake.set()
 
+    def on_function_changed(self, namespace: str, name: str) -> None:
+        """A function came under flow control, or its limits changed."""
+        self._controlled.add((namespace, name))
+        if (group := self.dispatcher.serves(namespace, name)) is not None:
+            self._runnable(group)
+
     def on_reconnect(self) -> None:
         """Notifications may have been missed: claim and look at the timers again."""
+        self._unchecked.update(session.group for session in self.dispatcher.sessions.values())
         self._look_again()
 
     def _look_again(self) -> None:
@@ -117,6 +141,7 @@ class Scheduler:
 
     def _on_worker_joined(self, group: Group) -> None:
         # Jobs may have piled up before anyone served them, some with a future run_at.
+        self._unchecked.add(group)
         self._look_again()
 
     def _wake_in(self, seconds: float) -> None:
@@ -155,30 +180,17 @@ class Scheduler:
         """Claim for every group with free slots until none is left or nothing more is runnable."""
         claimed = 0
         recheck, self._recheck_timers = self._recheck_timers, False
+        await self._check_controlled()
         for group in list(self.dispatcher.groups_with_free_slots()):
             namespace, names = group
-            # Looked up again after the previous group's await: slots come and go meanwhile.
-            sessions = self.dispatcher.groups_with_free_slots().get(group, [])
-            if not sessions:
-                continue
-            # One entry per free slot, taking turns between workers. The slots are reserved
-            # while the claim runs, so that an enqueue cannot promise them to another job.
-            free = {session: session.free_slots for session in sessions}
-            slots = [worker for turn in _interleave([[s.id] * n for s, n in free.items()]) for worker in turn]
-            for session, count in free.items():
-                session.reserved += count
-            try:
-                rows = await self.store.claim(namespace, sorted(names), slots, self.lease, self.sidecar_id)
-                # Jobs running again take the steps their earlier attempts completed along.
-                again = [row["id"] for row in rows if row["attempt"] > 1]
-                steps = await self.store.succeeded_steps(again) if again else {}
-            finally:
-                for session, count in free.items():
-                    session.reserved -= count
-            for row in rows:
-                self.dispatcher.assign(row, steps.get(row["id"], ()))
-            claimed += len(rows)
-            if len(rows) == len(slots):
+            limited = sorted(name for name in names if (namespace, name) in self._controlled)
+            plain = sorted(names.difference(limited))
+            full = False  # a claim took all the slots it had: more jobs may be waiting
+            for names_claimed, limited_name in ([(plain, None)] if plain else []) + [([n], n) for n in limited]:
+                rows, slots = await self._claim(group, names_claimed, limited_name)
+                claimed += rows
+                full |= rows > 0 and rows == slots
+            if full:
                 self._waiting.add(group)
             else:
                 self._waiting.discard(group)
@@ -187,6 +199,45 @@ class Scheduler:
                     if wait is not None:
                         self._wake_in(max(wait, 0.001))
         return claimed
+
+    async def _claim(self, group: Group, names: list[str], limited: str | None) -> tuple[int, int]:
+        """One claim for a group's free slots, which stay reserved while it runs (so that an
+        enqueue cannot promise them to another job): of `names` without flow control, or of
+        the one function `limited` within its limits. The jobs go to their workers. Returns
+        (jobs claimed, slots offered)."""
+        # Looked up again after the previous claim's await: slots come and go meanwhile.
+        sessions = self.dispatcher.groups_with_free_slots().get(group, [])
+        if not sessions:
+            return 0, 0
+        # One entry per free slot, taking turns between workers.
+        free = {session: session.free_slots for session in sessions}
+        slots = [worker for turn in _interleave([[s.id] * n for s, n in free.items()]) for worker in turn]
+        for session, count in free.items():
+            session.reserved += count
+        try:
+            if limited is None:
+                rows = await self.store.claim(group[0], names, slots, self.lease, self.sidecar_id)
+            else:
+                rows, rate_wait = await self.store.claim_limited(group[0], limited, slots, self.lease,
+                                                                 self.sidecar_id)
+                if rate_wait is not None:  # a rate limit held jobs back until then
+                    self._wake_in(max(rate_wait, 0.001))
+            # Jobs running again take the steps their earlier attempts completed along.
+            again = [row["id"] for row in rows if row["attempt"] > 1]
+            steps = await self.store.succeeded_steps(again) if again else {}
+        finally:
+            for session, count in free.items():
+                session.reserved -= count
+        for row in rows:
+            self.dispatcher.assign(row, steps.get(row["id"], ()))
+        return len(rows), len(slots)
+
+    async def _check_controlled(self) -> None:
+        """Learn which functions of newly served groups are under flow control."""
+        while self._unchecked:
+            namespace, names = self._unchecked.pop()
+            for name in await self.store.controlled_functions(namespace, sorted(names)):
+                self._controlled.add((namespace, name))
 
 
 def _interleave(queues: list[list[str]]) -> list[list[str]]:

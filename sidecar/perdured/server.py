@@ -72,12 +72,14 @@ class Sidecar:
         events.subscribe(scheduler.on_event)
         events.subscribe(dispatcher.on_event)
         events.on_reconnect(scheduler.on_reconnect)
+        events.on_function_changed(scheduler.on_function_changed)
         dispatcher.on_finished = events.job_finished
         self.dispatcher = dispatcher
         self._tasks += [
             asyncio.create_task(scheduler.run(), name="scheduler"),
             asyncio.create_task(reaper.renew_leases_forever(dispatcher, settings.lease), name="renew"),
             asyncio.create_task(reaper.reclaim_forever(store, settings.lease), name="reclaim"),
+            asyncio.create_task(reaper.cancel_overdue_forever(store, settings.lease), name="policies"),
             asyncio.create_task(reaper.delete_old_jobs_forever(store, settings.retention, settings.retention_interval),
                                 name="retention"),
         ]

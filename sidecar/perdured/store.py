@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,13 +15,13 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from perdured.validation import NewJob
+from perdured.validation import FunctionLimits, JobFilter, NewJob
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
     "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
     "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress, waiting_for, "
-    "priority, labels"
+    "priority, labels, concurrency_key, start_by, max_duration, deadline_at"
 )
 
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
@@ -36,11 +36,16 @@ NEW_JOB_FIELDS = (
     ("payload_encoding", "text"), ("idempotency_key", "text"), ("parent_id", "uuid"),
     ("max_attempts", "int"), ("backoff", "text"), ("initial_delay", "interval"), ("max_delay", "interval"),
     ("jitter", "float8"), ("timeout", "interval"), ("delay", "interval"), ("run_at", "timestamptz"),
-    ("priority", "int"), ("labels", "jsonb"), ("worker_id", "text"),
+    ("priority", "int"), ("labels", "jsonb"), ("concurrency_key", "text"), ("start_within", "interval"),
+    ("max_duration", "interval"), ("worker_id", "text"),
 )
 _NEW_JOB_NAMES = ", ".join(name for name, _ in NEW_JOB_FIELDS)
 _NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
 _NEW_JOB_VALUES = f"(VALUES ({', '.join(f'%({n})s::{t}' for n, t in NEW_JOB_FIELDS)})) AS n({_NEW_JOB_NAMES})"
+
+
+# Blocks of queries.sql that are parts of others, written in as {name}.
+FRAGMENTS = ("job_filter", "claimed_jobs", "cancelled_jobs")
 
 
 def load_queries(path: Path | None = None) -> dict[str, str]:
@@ -49,8 +54,13 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     text = (path or Path(__file__).with_name("queries.sql")).read_text()
     parts = re.split(r"^-- ([a-z_]+) --$", text, flags=re.MULTILINE)
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        queries[name] = (body.strip().replace("{job_columns}", JOB_COLUMNS)
-                         .replace("{finished_job_columns}", FINISHED_JOB_COLUMNS))
+        # A fragment's leading comment lines stay out of the queries that include it.
+        queries[name] = "\n".join(line for line in body.strip().splitlines()
+                                  if name not in FRAGMENTS or not line.startswith("--"))
+    for name, sql in queries.items():
+        for fragment in FRAGMENTS:
+            sql = sql.replace("{" + fragment + "}", queries[fragment])
+        queries[name] = sql.replace("{job_columns}", JOB_COLUMNS).replace("{finished_job_columns}", FINISHED_JOB_COLUMNS)
     queries["enqueue_one"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOB_VALUES)
     queries["enqueue"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOBS_ARRAYS)
     return queries
@@ -64,7 +74,21 @@ def _new_job_values(job: NewJob) -> dict[str, Any]:
         "initial_delay": timedelta(seconds=job.retry.initial_delay),
         "max_delay": timedelta(seconds=job.retry.max_delay), "jitter": job.retry.jitter,
         "timeout": timedelta(seconds=job.timeout), "delay": timedelta(seconds=job.delay), "run_at": job.run_at,
-        "priority": job.priority, "labels": Jsonb(job.labels), "worker_id": job.worker_id,
+        "priority": job.priority, "labels": Jsonb(job.labels), "concurrency_key": job.concurrency_key,
+        "start_within": _interval(job.start_within), "max_duration": _interval(job.max_duration),
+        "worker_id": job.worker_id,
+    }
+
+
+def _interval(seconds: float | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _filter_values(where: JobFilter) -> dict[str, Any]:
+    return {
+        "namespace": where.namespace, "name": where.name, "states": where.states,
+        "labels": Jsonb(where.labels) if where.labels else None,
+        "error_type": where.error_type, "error_contains": where.error_contains,
     }
 
 
@@ -175,19 +199,52 @@ class Store:
     async def get_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         return await self._all("get_attempts", {"id": job_id})
 
-    async def list_jobs(self, namespace: str, name: str | None, states: list[str] | None,
-                        before: uuid.UUID | None, limit: int, labels: dict[str, str] | None = None,
-                        ) -> list[dict[str, Any]]:
-        return await self._all("list_jobs", {
-            "namespace": namespace, "name": name, "states": states, "before": before, "limit": limit,
-            "labels": Jsonb(labels) if labels else None,
-        })
+    async def list_jobs(self, where: JobFilter, before: uuid.UUID | None, limit: int) -> list[dict[str, Any]]:
+        return await self._all("list_jobs", _filter_values(where) | {"before": before, "limit": limit})
 
     async def claim(self, namespace: str, names: list[str], slots: list[str], lease: float,
                     sidecar_id: str) -> list[dict[str, Any]]:
+        """Claim jobs of these functions that no flow control applies to, one per slot."""
         return await self._all("claim", {
             "namespace": namespace, "names": names, "slots": slots,
             "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
+        })
+
+    async def claim_limited(self, namespace: str, name: str, slots: list[str], lease: float,
+                            sidecar_id: str) -> tuple[list[dict[str, Any]], float | None]:
+        """Claim jobs of one controlled function within its limits, one claim at a time across
+        every sidecar. Returns the jobs, and when a claim came back short: the seconds until a
+        rate limit may let more start (None: no rate limit held jobs back)."""
+        key = {"namespace": namespace, "name": name}
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_function"], key)
+            cursor = await conn.execute(QUERIES["claim_limited"], key | {
+                "slots": slots, "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
+            })
+            rows = cast(list[dict[str, Any]], await cursor.fetchall())
+            wait = None
+            if len(rows) < len(slots):
+                cursor = await conn.execute(QUERIES["rate_limit_wait"], key)
+                found = cast(dict[str, Any] | None, await cursor.fetchone())
+                wait = found["wait"] if found else None
+        return rows, wait
+
+    async def controlled_functions(self, namespace: str, names: list[str]) -> set[str]:
+        rows = await self._all("controlled_functions", {"namespace": namespace, "names": names})
+        return {row["name"] for row in rows}
+
+    async def register_functions(self, namespace: str, names: list[str], limits: dict[str, FunctionLimits]) -> None:
+        """Record the limits a worker declares; functions it serves without any lose theirs."""
+        declared = [limits.get(name) for name in names]
+        await self._all("register_functions", {
+            "namespace": namespace, "name": names,
+            "declared": [d is not None for d in declared],
+            "concurrency": [d.concurrency if d else None for d in declared],
+            "key_concurrency": [d.key_concurrency if d else 1 for d in declared],
+            "rate_limit": [d.rate_limit[0] if d and d.rate_limit else None for d in declared],
+            "rate_period": [_interval(d.rate_limit[1]) if d and d.rate_limit else None for d in declared],
+            "key_rate_limit": [d.key_rate_limit[0] if d and d.key_rate_limit else None for d in declared],
+            "key_rate_period": [_interval(d.key_rate_limit[1]) if d and d.key_rate_limit else None for d in declared],
         })
 
     async def finish(self, outcomes: list[Outcome]) -> dict[tuple[uuid.UUID, int], dict[str, Any]]:
@@ -303,10 +360,32 @@ class Store:
         rows = await self._all("cancel_job", {"id": job_id, "namespace": namespace})
         return rows[0] if rows else None
 
+    async def cancel_overdue(self, limit: int) -> list[dict[str, Any]]:
+        """Apply the cancellation policies to up to `limit` jobs; returns those cancelled."""
+        return await self._all("cancel_overdue", {"limit": limit})
+
     async def retry_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         """The job as sent back to pending, or None if it was not dead or cancelled."""
-        rows = await self._all("retry_job", {"id": job_id, "namespace": namespace})
+        rows = await self._all("retry_jobs", _filter_values(JobFilter(namespace)) | {
+            "id": job_id, "finished_before": None, "limit": 1})
         return rows[0] if rows else None
+
+    async def retry_jobs(self, where: JobFilter, batch: int) -> int:
+        """Retry every dead or cancelled job that matches, in batches of `batch`; only those
+        that had finished when the call began (a job that dies again is not retried twice)."""
+        params = _filter_values(where) | {"id": None, "finished_before": datetime.now(UTC), "limit": batch}
+        retried = 0
+        while rows := await self._all("retry_jobs", params):
+            retried += len(rows)
+        return retried
+
+    async def purge_jobs(self, where: JobFilter, batch: int) -> int:
+        """Delete every finished job that matches, in batches of `batch`."""
+        params = _filter_values(where) | {"limit": batch}
+        purged = 0
+        while rows := await self._all("purge_jobs", params):
+            purged += len(rows)
+        return purged
 
     async def next_run_in(self, namespace: str, names: list[str]) -> float | None:
         """Seconds until the next pending job of these functions is runnable (negative: already is)."""

@@ -58,6 +58,9 @@ class NewJob:
     run_at: datetime | None = None
     priority: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    concurrency_key: str | None = None
+    start_within: float | None = None  # the cancellation policies, in seconds
+    max_duration: float | None = None
     # Set by the scheduler: a worker of this sidecar that starts the job as it is inserted.
     worker_id: str | None = None
 
@@ -141,7 +144,15 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
         raise InvalidArgument("run_at", "give either run_at or delay, not both")
     if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
         raise InvalidArgument("priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {request.priority}")
+    concurrency_key = request.concurrency_key or None
+    if concurrency_key is not None and (len(concurrency_key) > MAX_KEY_LENGTH or _CONTROL.search(concurrency_key)):
+        raise InvalidArgument("concurrency_key", f"must be at most {MAX_KEY_LENGTH} characters, no control characters")
     return NewJob(
+        concurrency_key=concurrency_key,
+        start_within=(round(seconds(request.start_within, "start_within", allow_zero=False), 3)
+                      if request.HasField("start_within") else None),
+        max_duration=(round(seconds(request.max_duration, "max_duration", allow_zero=False), 3)
+                      if request.HasField("max_duration") else None),
         run_at=request.run_at.ToDatetime(tzinfo=UTC) if request.HasField("run_at") else None,
         priority=request.priority,
         labels=job_labels(dict(request.labels)),
@@ -179,14 +190,85 @@ def job_states(values: list[int], field: str = "states") -> list[str]:
     return names
 
 
-def registration(register: workers_pb2.Register) -> tuple[str, frozenset[str], int]:
+@dataclass(frozen=True)
+class FunctionLimits:
+    """Flow control a worker declares for one function (see FunctionLimits in workers.proto)."""
+
+    name: str
+    concurrency: int | None = None
+    key_concurrency: int = 1
+    rate_limit: tuple[int, float] | None = None  # (starts, per seconds)
+    key_rate_limit: tuple[int, float] | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    namespace: str
+    names: frozenset[str]
+    concurrency: int
+    limits: dict[str, FunctionLimits]
+
+
+def registration(register: workers_pb2.Register) -> Registration:
     ns = namespace(register.namespace, "register.namespace")
     if not register.names:
         raise InvalidArgument("register.names", "must name at least one function")
     names = frozenset(function_name(n, "register.names") for n in register.names)
     if not 1 <= register.concurrency <= MAX_CONCURRENCY:
         raise InvalidArgument("register.concurrency", f"must be between 1 and {MAX_CONCURRENCY}, got {register.concurrency}")
-    return ns, names, register.concurrency
+    limits: dict[str, FunctionLimits] = {}
+    for index, declared in enumerate(register.limits):
+        where = f"register.limits[{index}]"
+        if declared.name not in names:
+            raise InvalidArgument(f"{where}.name", f"{declared.name!r} is not one of the names registered")
+        if declared.name in limits:
+            raise InvalidArgument(f"{where}.name", f"{declared.name!r} has limits twice")
+        if declared.concurrency < 0:
+            raise InvalidArgument(f"{where}.concurrency", f"must be 0 (no limit) or more, got {declared.concurrency}")
+        key_concurrency = declared.key_concurrency if declared.HasField("key_concurrency") else 1
+        if key_concurrency < 1:
+            raise InvalidArgument(f"{where}.key_concurrency", f"must be at least 1, got {key_concurrency}")
+        limits[declared.name] = FunctionLimits(
+            name=declared.name, concurrency=declared.concurrency or None, key_concurrency=key_concurrency,
+            rate_limit=_rate_limit(declared.rate_limit, f"{where}.rate_limit") if declared.HasField("rate_limit") else None,
+            key_rate_limit=(_rate_limit(declared.key_rate_limit, f"{where}.key_rate_limit")
+                            if declared.HasField("key_rate_limit") else None),
+        )
+    return Registration(ns, names, register.concurrency, limits)
+
+
+def _rate_limit(value: workers_pb2.RateLimit, field: str) -> tuple[int, float]:
+    if value.limit < 1:
+        raise InvalidArgument(f"{field}.limit", f"must be at least 1, got {value.limit}")
+    return value.limit, round(seconds(value.period, f"{field}.period", allow_zero=False), 3)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs ListJobs, RetryJobs and PurgeJobs act on (None: any)."""
+
+    namespace: str
+    name: str | None = None
+    states: list[str] | None = None
+    labels: dict[str, str] | None = None
+    error_type: str | None = None
+    error_contains: str | None = None
+
+
+def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter,
+               *, allowed_states: frozenset[str] | None = None, default_states: list[str] | None = None) -> JobFilter:
+    states = job_states(list(request.states)) or default_states
+    if allowed_states is not None and states and not set(states) <= allowed_states:
+        refused = ", ".join(sorted(set(states) - allowed_states))
+        raise InvalidArgument("states", f"{refused} not allowed here; use {', '.join(sorted(allowed_states))}")
+    return JobFilter(
+        namespace=namespace(request.namespace),
+        name=function_name(request.name) if request.name else None,
+        states=states,
+        labels=job_labels(dict(request.labels)) or None,
+        error_type=request.error_type or None,
+        error_contains=request.error_contains or None,
+    )
 
 
 # JOB_STATE_PENDING -> "pending", and so on: the names the schema uses.

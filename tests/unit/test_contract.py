@@ -19,8 +19,8 @@ def test_committed_python_stubs__match_a_fresh_generation() -> None:
 
 def test_public_api__is_pinned() -> None:
     assert sorted(perdure.__all__) == [
-        "AttemptRecord", "DurableFunction", "ErrorInfo", "EventTimeoutError", "InvalidArgumentError", "JobCancelledError",
+        "AttemptRecord", "DurableFunction", "ErrorInfo", "EventTimeoutError", "FunctionLimits", "InvalidArgumentError", "JobCancelledError",
         "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
         "JobNotFoundError", "JobOptions", "LogInfo", "NonRetryableError", "NotInJobError", "NotStartedError",
-        "Perdure", "PerdureError", "ProgressInfo", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
+        "Perdure", "PerdureError", "ProgressInfo", "RateLimit", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perdure import Perdure
+from perdure import FunctionLimits, Perdure, RateLimit
 from perdure._options import JobOptions
 from perdure.v1 import types_pb2
 
@@ -21,6 +21,9 @@ from perdure.v1 import types_pb2
     ({"jitter": 2}, "jitter must be between 0 and 1"),
     ({"initial_delay": 5, "max_delay": 1}, "max_delay (1) must not be less than initial_delay (5)"),
     ({"idempotency_key": ""}, "idempotency_key must be a non-empty string"),
+    ({"concurrency_key": 7}, "concurrency_key must be a non-empty string"),
+    ({"start_within": 0}, "start_within must be a number of seconds greater than 0"),
+    ({"max_duration": -1}, "max_duration must be a number of seconds greater than 0"),
 ])
 def test_bad_option__fails_at_the_call_site(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError) as caught:
@@ -76,3 +79,27 @@ async def test_calls_before_start__say_how_to_start() -> None:
 
     with pytest.raises(NotStartedError, match="async with perdure"):
         await perdure.enqueue("f")
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"concurrency": 0}, "concurrency must be an integer of at least 1"),
+    ({"key_concurrency": 1.5}, "key_concurrency must be an integer of at least 1"),
+    ({"rate_limit": (10, 60)}, "rate_limit must be a perdure.RateLimit"),
+])
+def test_bad_limits__fail_where_the_function_is_defined(limits: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        Perdure(address="127.0.0.1:1").durable("f", **limits)  # type: ignore[arg-type]
+
+
+def test_bad_rate_limit__is_refused() -> None:
+    with pytest.raises(ValueError, match="limit must be an integer of at least 1"):
+        RateLimit(0, per=1)
+    with pytest.raises(ValueError, match="period .per. must be a number of seconds greater than 0"):
+        RateLimit(1, per=0)
+
+
+def test_limits__become_the_registration_message() -> None:
+    message = FunctionLimits(concurrency=5, rate_limit=RateLimit(10, per=0.5)).message("f")
+    assert (message.name, message.concurrency, message.HasField("key_concurrency")) == ("f", 5, False)
+    assert (message.rate_limit.limit, message.rate_limit.period.ToNanoseconds()) == (10, 500_000_000)
+    assert not FunctionLimits().declared

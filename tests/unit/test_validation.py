@@ -71,6 +71,10 @@ def test_full_request__is_read_to_the_millisecond() -> None:
     (request(payload=types_pb2.Payload(data=b"1", encoding="msgpack")), "payload.encoding"),
     (request(idempotency_key="k" * 256), "idempotency_key"),
     (request(parent_id="not-a-uuid"), "parent_id"),
+    (request(concurrency_key="k" * 256), "concurrency_key"),
+    (request(concurrency_key="a\nb"), "concurrency_key"),
+    (request(start_within=Duration(seconds=0)), "start_within"),
+    (request(max_duration=Duration(seconds=-1)), "max_duration"),
 ])
 def test_bad_request__is_refused_naming_the_field(message: jobs_pb2.EnqueueRequest, field: str) -> None:
     assert refused(message).startswith(f"{field}: ")
@@ -92,8 +96,37 @@ def test_unknown_state_filter__is_refused() -> None:
     (workers_pb2.Register(names=["a"], concurrency=0), "register.concurrency"),
     (workers_pb2.Register(names=["a"], concurrency=10_001), "register.concurrency"),
     (workers_pb2.Register(names=["a"], concurrency=1, namespace="a b"), "register.namespace"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(name="b")]),
+     "register.limits[0].name"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(name="a"),
+                                                               workers_pb2.FunctionLimits(name="a")]),
+     "register.limits[1].name"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(name="a", concurrency=-1)]),
+     "register.limits[0].concurrency"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(name="a", key_concurrency=0)]),
+     "register.limits[0].key_concurrency"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(
+        name="a", rate_limit=workers_pb2.RateLimit(limit=0, period=Duration(seconds=1)))]),
+     "register.limits[0].rate_limit.limit"),
+    (workers_pb2.Register(names=["a"], concurrency=1, limits=[workers_pb2.FunctionLimits(
+        name="a", key_rate_limit=workers_pb2.RateLimit(limit=1))]),
+     "register.limits[0].key_rate_limit.period"),
 ])
 def test_bad_registration__is_refused_naming_the_field(register: workers_pb2.Register, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validation.registration(register)
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_registration__reads_the_limits() -> None:
+    registration = validation.registration(workers_pb2.Register(names=["a", "b"], concurrency=4, limits=[
+        workers_pb2.FunctionLimits(name="a", concurrency=5, key_concurrency=2,
+                                   rate_limit=workers_pb2.RateLimit(limit=10, period=Duration(seconds=60)))]))
+    assert registration.limits == {"a": validation.FunctionLimits(
+        name="a", concurrency=5, key_concurrency=2, rate_limit=(10, 60.0), key_rate_limit=None)}
+
+
+def test_purge_filter__refuses_unfinished_states() -> None:
+    with pytest.raises(InvalidArgument, match="states: running not allowed here"):
+        validation.job_filter(jobs_pb2.JobFilter(states=[types_pb2.JOB_STATE_RUNNING]),
+                              allowed_states=frozenset({"success", "dead", "cancelled"}))

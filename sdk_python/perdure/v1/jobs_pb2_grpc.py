@@ -64,6 +64,16 @@ class JobsStub:
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
                 _registered_method=True)
+        self.RetryJobs = channel.unary_unary(
+                '/perdure.v1.Jobs/RetryJobs',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobsResponse.FromString,
+                _registered_method=True)
+        self.PurgeJobs = channel.unary_unary(
+                '/perdure.v1.Jobs/PurgeJobs',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.PurgeJobsRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.PurgeJobsResponse.FromString,
+                _registered_method=True)
         self.EmitEvent = channel.unary_unary(
                 '/perdure.v1.Jobs/EmitEvent',
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.EmitEventRequest.SerializeToString,
@@ -127,6 +137,21 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryJobs(self, request, context):
+        """Runs every dead (or cancelled) job that matches the filter again, each with a fresh set
+        of attempts: the dead letters, retried in one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeJobs(self, request, context):
+        """Deletes finished jobs that match the filter, with their history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EmitEvent(self, request, context):
         """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
         it. An event is kept: a job that starts waiting later still gets it. Emitting it again
@@ -183,6 +208,16 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.FromString,
                     response_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.SerializeToString,
+            ),
+            'RetryJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJobs,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.RetryJobsRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.RetryJobsResponse.SerializeToString,
+            ),
+            'PurgeJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeJobs,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.PurgeJobsRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.PurgeJobsResponse.SerializeToString,
             ),
             'EmitEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.EmitEvent,
@@ -362,6 +397,60 @@ class Jobs:
             '/perdure.v1.Jobs/RetryJob',
             perdure_dot_v1_dot_jobs__pb2.RetryJobRequest.SerializeToString,
             perdure_dot_v1_dot_jobs__pb2.RetryJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Jobs/RetryJobs',
+            perdure_dot_v1_dot_jobs__pb2.RetryJobsRequest.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.RetryJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Jobs/PurgeJobs',
+            perdure_dot_v1_dot_jobs__pb2.PurgeJobsRequest.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.PurgeJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

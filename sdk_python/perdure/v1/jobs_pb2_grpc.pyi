@@ -45,6 +45,12 @@ class JobsStub:
     """Cancels a pending, running or suspended job; a running handler is told to stop."""
     RetryJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
+    RetryJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobsRequest, _jobs_pb2.RetryJobsResponse]
+    """Runs every dead (or cancelled) job that matches the filter again, each with a fresh set
+    of attempts: the dead letters, retried in one call.
+    """
+    PurgeJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.PurgeJobsRequest, _jobs_pb2.PurgeJobsResponse]
+    """Deletes finished jobs that match the filter, with their history."""
     EmitEvent: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EmitEventRequest, _jobs_pb2.EmitEventResponse]
     """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
     it. An event is kept: a job that starts waiting later still gets it. Emitting it again
@@ -74,6 +80,12 @@ class JobsAsyncStub(JobsStub):
     """Cancels a pending, running or suspended job; a running handler is told to stop."""
     RetryJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobRequest, _jobs_pb2.RetryJobResponse]  # type: ignore[assignment]
     """Runs a dead or cancelled job again, with a fresh set of attempts."""
+    RetryJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryJobsRequest, _jobs_pb2.RetryJobsResponse]  # type: ignore[assignment]
+    """Runs every dead (or cancelled) job that matches the filter again, each with a fresh set
+    of attempts: the dead letters, retried in one call.
+    """
+    PurgeJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.PurgeJobsRequest, _jobs_pb2.PurgeJobsResponse]  # type: ignore[assignment]
+    """Deletes finished jobs that match the filter, with their history."""
     EmitEvent: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EmitEventRequest, _jobs_pb2.EmitEventResponse]  # type: ignore[assignment]
     """Sets an event (a durable signal, by name within a namespace) and wakes the jobs waiting for
     it. An event is kept: a job that starts waiting later still gets it. Emitting it again
@@ -136,6 +148,24 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.RetryJobResponse, _abc.Awaitable[_jobs_pb2.RetryJobResponse]]:
         """Runs a dead or cancelled job again, with a fresh set of attempts."""
+
+    @_abc_1.abstractmethod
+    def RetryJobs(
+        self,
+        request: _jobs_pb2.RetryJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.RetryJobsResponse, _abc.Awaitable[_jobs_pb2.RetryJobsResponse]]:
+        """Runs every dead (or cancelled) job that matches the filter again, each with a fresh set
+        of attempts: the dead letters, retried in one call.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeJobs(
+        self,
+        request: _jobs_pb2.PurgeJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PurgeJobsResponse, _abc.Awaitable[_jobs_pb2.PurgeJobsResponse]]:
+        """Deletes finished jobs that match the filter, with their history."""
 
     @_abc_1.abstractmethod
     def EmitEvent(

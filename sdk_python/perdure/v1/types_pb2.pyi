@@ -385,6 +385,10 @@ class Job(_message.Message):
     CHILDREN_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    START_BY_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A UUID (version 7: it sorts by creation time)."""
     namespace: _builtins.str
@@ -402,6 +406,8 @@ class Job(_message.Message):
     until run_at).
     """
     priority: _builtins.int
+    concurrency_key: _builtins.str
+    """Empty when the job has none."""
     @_builtins.property
     def payload(self) -> Global___Payload: ...
     @_builtins.property
@@ -456,6 +462,16 @@ class Job(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def start_by(self) -> _timestamp_pb2.Timestamp:
+        """The cancellation policies (see EnqueueRequest), when set: cancelled if not started by
+        `start_by`, or not ended by `deadline` (set by the first start).
+        """
+
+    @_builtins.property
+    def max_duration(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -483,10 +499,14 @@ class Job(_message.Message):
         children: _abc.Iterable[Global___Job] | None = ...,
         priority: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        concurrency_key: _builtins.str = ...,
+        start_by: _timestamp_pb2.Timestamp | None = ...,
+        max_duration: _duration_pb2.Duration | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deadline", b"deadline", "error", b"error", "finished_at", b"finished_at", "max_duration", b"max_duration", "payload", b"payload", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "start_by", b"start_by", "started_at", b"started_at", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "children", b"children", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "logs", b"logs", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout", "waiting_for", b"waiting_for"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts", b"attempts", "children", b"children", "concurrency_key", b"concurrency_key", "created_at", b"created_at", "deadline", b"deadline", "error", b"error", "finished_at", b"finished_at", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "logs", b"logs", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "progress", b"progress", "result", b"result", "retry", b"retry", "run_at", b"run_at", "start_by", b"start_by", "started_at", b"started_at", "state", b"state", "steps", b"steps", "timeout", b"timeout", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,7 @@ drops, every job it held goes back to pending at once (counted as an attempt).
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -152,6 +153,7 @@ class Register(_message.Message):
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     WORKER_NAME_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default"."""
     concurrency: _builtins.int
@@ -164,6 +166,13 @@ class Register(_message.Message):
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The function names this process has handlers for. It never receives others."""
 
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionLimits]:
+        """Flow control for some of `names`, enforced across every sidecar sharing the database.
+        The last registration wins: a function registered without an entry here loses the
+        limits an earlier registration declared.
+        """
+
     def __init__(
         self,
         *,
@@ -172,14 +181,85 @@ class Register(_message.Message):
         concurrency: _builtins.int = ...,
         worker_name: _builtins.str = ...,
         sdk: _builtins.str = ...,
+        limits: _abc.Iterable[Global___FunctionLimits] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "names", b"names", "namespace", b"namespace", "sdk", b"sdk", "worker_name", b"worker_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "limits", b"limits", "names", b"names", "namespace", b"namespace", "sdk", b"sdk", "worker_name", b"worker_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Register: _TypeAlias = Register  # noqa: Y015
+
+@_typing.final
+class FunctionLimits(_message.Message):
+    """Limits on one function, for all its jobs wherever they run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    KEY_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    KEY_RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """One of Register.names."""
+    concurrency: _builtins.int
+    """At most this many jobs in progress (running or suspended) at once; 0: no limit."""
+    key_concurrency: _builtins.int
+    """At most this many jobs in progress per concurrency key. Default 1."""
+    @_builtins.property
+    def rate_limit(self) -> Global___RateLimit:
+        """At most `limit` starts per `period` (every attempt counts, a resumption too)."""
+
+    @_builtins.property
+    def key_rate_limit(self) -> Global___RateLimit:
+        """The same, for each concurrency key."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
+        key_concurrency: _builtins.int | None = ...,
+        rate_limit: Global___RateLimit | None = ...,
+        key_rate_limit: Global___RateLimit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_concurrency", b"_key_concurrency", "key_concurrency", b"key_concurrency", "key_rate_limit", b"key_rate_limit", "rate_limit", b"rate_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_concurrency", b"_key_concurrency", "concurrency", b"concurrency", "key_concurrency", b"key_concurrency", "key_rate_limit", b"key_rate_limit", "name", b"name", "rate_limit", b"rate_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__key_concurrency: _TypeAlias = _typing.Literal["key_concurrency"]  # noqa: Y015
+    _WhichOneofArgType__key_concurrency: _TypeAlias = _typing.Literal["_key_concurrency", b"_key_concurrency"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_concurrency) -> _WhichOneofReturnType__key_concurrency | None: ...
+
+Global___FunctionLimits: _TypeAlias = FunctionLimits  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """1 or more."""
+    @_builtins.property
+    def period(self) -> _duration_pb2.Duration:
+        """Greater than zero."""
+
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        period: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):
