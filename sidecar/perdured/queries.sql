@@ -105,9 +105,9 @@ claimed AS (
 -- flow control (a concurrency key, a controlled function) are left to claim_limited.
 WITH picked AS (
     SELECT id, priority, run_at FROM perdure.jobs
-    WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = ANY(%(names)s)
-      AND run_at <= now() AND concurrency_key IS NULL
-      AND name <> ALL(ARRAY(SELECT name FROM perdure.functions WHERE namespace = %(namespace)s))
+    WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s
+      AND name = ANY(%(names)s) AND run_at <= now() AND concurrency_key IS NULL
+      AND NOT EXISTS (SELECT 1 FROM perdure.functions f WHERE f.namespace = jobs.namespace AND f.name = jobs.name)
     ORDER BY priority DESC, run_at, id
     LIMIT cardinality(%(slots)s::text[])
     FOR UPDATE SKIP LOCKED
@@ -174,6 +174,8 @@ WITH fn AS (
         SELECT s.id, row_number() OVER (ORDER BY s.priority DESC, s.run_at, s.id) AS slot FROM within_slots s) r, fn
     WHERE r.slot <= cardinality(%(slots)s::text[])
       AND (fn.rate_limit IS NULL OR r.slot <= fn.rate_limit - (SELECT count(*) FROM recent WHERE in_rate_period))
+    ORDER BY r.slot
+    LIMIT cardinality(%(slots)s::text[])  -- tells the planner how few: the UPDATE goes by primary key
 ), {claimed_jobs}, counted AS (
     INSERT INTO perdure.rate_limited_starts (namespace, name, concurrency_key, started_at)
     SELECT c.namespace, c.name, c.concurrency_key, now() FROM claimed c, fn
