@@ -25,11 +25,14 @@ from perdure._errors import (
     NotInJobError,
     NotStartedError,
     PerdureError,
+    ScheduleExistsError,
+    ScheduleNotFoundError,
     SidecarUnavailableError,
     StepNotRecordedError,
 )
 from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, LogInfo, ProgressInfo, StepInfo
 from perdure._options import JobOptions
+from perdure._schedules import Schedule, Schedules
 from perdure._worker import JobEvent
 
 __version__ = "0.1.0"
@@ -56,6 +59,10 @@ __all__ = [
     "Perdure",
     "PerdureError",
     "ProgressInfo",
+    "Schedule",
+    "ScheduleExistsError",
+    "ScheduleNotFoundError",
+    "Schedules",
     "SidecarUnavailableError",
     "StepInfo",
     "StepNotRecordedError",

@@ -22,5 +22,6 @@ def test_public_api__is_pinned() -> None:
         "AttemptRecord", "DurableFunction", "ErrorInfo", "EventTimeoutError", "InvalidArgumentError", "JobCancelledError",
         "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
         "JobNotFoundError", "JobOptions", "LogInfo", "NonRetryableError", "NotInJobError", "NotStartedError",
-        "Perdure", "PerdureError", "ProgressInfo", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
+        "Perdure", "PerdureError", "ProgressInfo", "Schedule", "ScheduleExistsError", "ScheduleNotFoundError",
+        "Schedules", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
     ]
