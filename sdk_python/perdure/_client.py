@@ -127,6 +127,8 @@ class Perdure:
         missed-tick policy)."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a durable function needs a non-empty name, got {name!r}")
+        if schedule is None and (timezone != "UTC" or missed != "once"):
+            raise ValueError(f"durable({name!r}): timezone and missed only apply with schedule=")
         spec = check_spec(name, schedule, timezone, missed) if schedule is not None else None
         options = JobOptions().merged(max_attempts=max_attempts, backoff=backoff, initial_delay=initial_delay,
                                       max_delay=max_delay, timeout=timeout, jitter=jitter)

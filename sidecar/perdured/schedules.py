@@ -423,12 +423,12 @@ class ScheduleRunner:
             for (job, deduplicated), new in zip(schedule.enqueued, ticks.jobs, strict=True):
                 if deduplicated:
                     self.duplicates += 1
-                    log.warning("schedule.tick_duplicate", schedule=row["name"], tick=_iso(new.run_at or row["now"]),
-                                job_id=str(job["id"]))
+                    log.warning("schedule.tick_duplicate", namespace=row["namespace"], schedule=row["name"],
+                                tick=_iso(new.run_at or row["now"]), job_id=str(job["id"]), sidecar_id=self.sidecar_id)
                 else:
                     self.fired += 1
-                    log.info("schedule.fired", namespace=row["namespace"], schedule=row["name"], job_id=str(job["id"]),
-                             tick=_iso(new.run_at or row["now"]))
+                    log.debug("schedule.fired", namespace=row["namespace"], schedule=row["name"], job_id=str(job["id"]),
+                              tick=_iso(new.run_at or row["now"]), sidecar_id=self.sidecar_id)
             again = again or (not ticks.pause and ticks.next_run_at <= row["now"])
         return again
 

@@ -146,3 +146,12 @@ def test_tick_job__runs_at_the_tick_labelled_and_keyed_by_it() -> None:
     assert (job.name, job.run_at, job.priority) == ("reports:build", T0, 7)
     assert job.labels == {"team": "data", "schedule": "nightly"}
     assert job.idempotency_key == "schedule:nightly:2030-01-07T12:00:00Z"
+
+
+def test_ticks__a_missing_local_time_runs_after_the_gap_and_a_repeated_one_runs_twice() -> None:
+    # Paris, 31 March 2030: 02:00-03:00 does not exist; 27 October 2030: 02:00-03:00 happens twice.
+    spring = list(islice(ticks_after("30 2 * * *", "Europe/Paris", datetime(2030, 3, 30, 12, tzinfo=UTC)), 2))
+    assert spring == [datetime(2030, 3, 31, 1, 0, tzinfo=UTC), datetime(2030, 4, 1, 0, 30, tzinfo=UTC)]
+    autumn = list(islice(ticks_after("30 2 * * *", "Europe/Paris", datetime(2030, 10, 26, 12, tzinfo=UTC)), 3))
+    assert autumn == [datetime(2030, 10, 27, 0, 30, tzinfo=UTC), datetime(2030, 10, 27, 1, 30, tzinfo=UTC),
+                      datetime(2030, 10, 28, 1, 30, tzinfo=UTC)]
