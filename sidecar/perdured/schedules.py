@@ -49,6 +49,7 @@ CATCH_UP_BATCH = 100  # ticks per schedule and round, for `missed = all`
 ROUND_SIZE = 100  # schedules per round (one transaction)
 MAX_SCHEDULE_NAME = 200  # leaves room for the tick in the idempotency key
 MAX_CRON_LENGTH = 255
+MAX_TIMEZONE_LENGTH = 64
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 SCHEDULE_LABEL = "schedule"
@@ -94,6 +95,8 @@ def cron_expression(value: str, field: str = "cron") -> str:
 
 def timezone_name(value: str, field: str = "timezone") -> str:
     name = value or DEFAULT_TIMEZONE
+    if len(name) > MAX_TIMEZONE_LENGTH:
+        raise InvalidArgument(field, f"is {len(name)} characters long; IANA names are at most {MAX_TIMEZONE_LENGTH}")
     try:
         ZoneInfo(name)
     except (ValueError, LookupError, OSError):

@@ -52,6 +52,7 @@ def test_timezone__is_an_iana_name_utc_by_default() -> None:
     assert schedules.timezone_name("Asia/Kolkata") == "Asia/Kolkata"
     for bad in ("Mars/Olympus", "Europe", "../etc/passwd", "/etc/localtime"):
         assert refused(schedules.timezone_name, bad).startswith(f"timezone: unknown time zone {bad!r}")
+    assert refused(schedules.timezone_name, "Europe/" * 100).startswith("timezone: is 700 characters long")
 
 
 def test_ticks__follow_the_time_zone_across_daylight_saving_changes() -> None:
