@@ -25,11 +25,14 @@ from perdure._errors import (
     NotInJobError,
     NotStartedError,
     PerdureError,
+    ScheduleExistsError,
+    ScheduleNotFoundError,
     SidecarUnavailableError,
     StepNotRecordedError,
 )
 from perdure._handle import AttemptRecord, ErrorInfo, JobDetails, JobHandle, LogInfo, ProgressInfo, StepInfo
 from perdure._options import FunctionLimits, JobOptions, RateLimit
+from perdure._schedules import Schedule, Schedules
 from perdure._worker import JobEvent
 
 __version__ = "0.1.0"
@@ -58,6 +61,10 @@ __all__ = [
     "PerdureError",
     "ProgressInfo",
     "RateLimit",
+    "Schedule",
+    "ScheduleExistsError",
+    "ScheduleNotFoundError",
+    "Schedules",
     "SidecarUnavailableError",
     "StepInfo",
     "StepNotRecordedError",

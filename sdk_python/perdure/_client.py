@@ -23,6 +23,7 @@ from perdure._errors import (
 )
 from perdure._handle import STATES, JobDetails, JobHandle, details_from
 from perdure._options import FunctionLimits, JobOptions, RateLimit
+from perdure._schedules import Schedules, ScheduleSpec, check_spec
 from perdure._sidecar import LocalSidecar
 from perdure._worker import Callback, JobEvent, Worker
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -62,6 +63,8 @@ class Perdure:
         self._jobs: jobs_pb2_grpc.JobsStub | None = None
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
+        # Cron schedules of this namespace: perdure.schedules.create(...), .get, .list, ...
+        self.schedules = Schedules(self)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -84,6 +87,7 @@ class Perdure:
                                   concurrency=self.worker_concurrency, emit=self._emit,
                                   get_event=self._get_event)
             self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
+        await self._create_schedules()
 
     async def stop(self) -> None:
         if self._worker is not None and self._worker_task is not None:
@@ -118,6 +122,7 @@ class Perdure:
                 start_within: float | None = None, max_duration: float | None = None,
                 concurrency: int | None = None, key_concurrency: int | None = None,
                 rate_limit: RateLimit | None = None, key_rate_limit: RateLimit | None = None,
+                schedule: str | None = None, timezone: str = "UTC", missed: str = "once",
                 ) -> Callable[[F], DurableFunction]:
         """Make a function durable under `name`: calling it enqueues a job and returns a JobHandle.
 
@@ -127,9 +132,17 @@ class Perdure:
         `concurrency` jobs in progress at once, `key_concurrency` (default 1) per
         `concurrency_key` given to a call, and `rate_limit` / `key_rate_limit` starts per period
         (`perdure.RateLimit(10, per=60)`). The processes serving the function declare them.
+
+        With `schedule` (a cron expression, evaluated in `timezone`), it also runs, without
+        arguments, at every tick: when this process starts serving it, the schedule named `name`
+        is created, or replaced if the code changed it (see `Schedules.create`; `missed` is its
+        missed-tick policy).
         """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a durable function needs a non-empty name, got {name!r}")
+        if schedule is None and (timezone != "UTC" or missed != "once"):
+            raise ValueError(f"durable({name!r}): timezone and missed only apply with schedule=")
+        spec = check_spec(name, schedule, timezone, missed) if schedule is not None else None
         options = JobOptions().merged(max_attempts=max_attempts, backoff=backoff, initial_delay=initial_delay,
                                       max_delay=max_delay, timeout=timeout, jitter=jitter, priority=priority,
                                       start_within=start_within, max_duration=max_duration)
@@ -144,6 +157,7 @@ class Perdure:
             if self._channel is not None:
                 raise PerdureError(f"define durable function {name!r} before starting Perdure")
             durable = DurableFunction(self, name, fn, options, limits)
+            durable.schedule = spec
             self._functions[name] = durable
             return durable
 
@@ -253,6 +267,21 @@ class Perdure:
         response = await self._call("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 
+    async def _create_schedules(self) -> None:
+        """Create or replace the schedules of the durable functions declared with `schedule=`.
+        Every process serving them does it as it starts: replacing with the same settings changes
+        nothing, so many workers starting at once make one schedule, and deploys keep its ticks."""
+        scheduled = [fn for fn in self._functions.values() if fn.schedule is not None]
+        try:
+            for fn in scheduled:
+                spec = fn.schedule
+                assert spec is not None
+                await self.schedules.create(fn.name, fn, spec.cron, timezone=spec.timezone, missed=spec.missed,
+                                            replace=True)
+        except BaseException:
+            await self.stop()
+            raise
+
     async def _call(self, method: str, request: Any, timeout: float | None = 30.0) -> Any:
         if self._jobs is None:
             raise NotStartedError()
@@ -309,6 +338,9 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
 class DurableFunction:
     """A function made durable. `await f(*args)` enqueues and returns a JobHandle;
     `f.options(...)(*args)` does the same with per-call options; `f.fn` is the plain function."""
+
+    # Set by durable(..., schedule=...): the cron schedule this process creates as it starts.
+    schedule: ScheduleSpec | None = None
 
     def __init__(self, client: Perdure, name: str, fn: Callable[..., Any], options: JobOptions,
                  limits: FunctionLimits | None = None) -> None:

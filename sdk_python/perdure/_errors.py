@@ -61,3 +61,11 @@ class JobCancelledError(JobFailedError):
 
 class NonRetryableError(Exception):
     """Raise this (or a subclass) in a handler to fail the job at once, without retrying it."""
+
+
+class ScheduleNotFoundError(PerdureError, LookupError):
+    """No such schedule in this namespace."""
+
+
+class ScheduleExistsError(PerdureError):
+    """A schedule of this name exists already: pass replace=True to replace it."""

@@ -514,3 +514,84 @@ WHERE id IN (
     LIMIT %(limit)s
 )
 RETURNING id
+
+-- database_now --
+-- The database's clock: schedules compute their ticks from it, so that every sidecar agrees.
+SELECT now() AS now
+
+-- create_schedule --
+-- Insert a schedule. If the name is taken, replace that schedule when `replace` is set (else
+-- nothing comes back). A replaced schedule keeps its next_run_at unless its cron or time zone
+-- changes or it is resumed by this call; its paused state changes only when `paused` is given;
+-- updated_at moves only if something changed.
+INSERT INTO perdure.schedules AS s (namespace, name, function, cron, timezone, job, missed, paused, next_run_at)
+VALUES (%(namespace)s, %(name)s, %(function)s, %(cron)s, %(timezone)s, %(job)s, %(missed)s,
+        coalesce(%(paused)s::boolean, false), %(next_run_at)s)
+ON CONFLICT (namespace, name) DO UPDATE
+SET function = excluded.function, cron = excluded.cron, timezone = excluded.timezone, job = excluded.job,
+    missed = excluded.missed, paused = coalesce(%(paused)s::boolean, s.paused),
+    next_run_at = CASE
+        WHEN (s.cron, s.timezone) IS DISTINCT FROM (excluded.cron, excluded.timezone)
+          OR (s.paused AND NOT coalesce(%(paused)s::boolean, s.paused)) THEN excluded.next_run_at
+        ELSE s.next_run_at END,
+    updated_at = CASE
+        WHEN (s.function, s.cron, s.timezone, s.job, s.missed, s.paused)
+             IS DISTINCT FROM (excluded.function, excluded.cron, excluded.timezone, excluded.job, excluded.missed,
+                               coalesce(%(paused)s::boolean, s.paused)) THEN now()
+        ELSE s.updated_at END
+WHERE %(replace)s
+RETURNING *, (xmax = 0) AS created
+
+-- get_schedule --
+-- One schedule, only within its namespace.
+SELECT * FROM perdure.schedules WHERE namespace = %(namespace)s AND name = %(name)s
+
+-- list_schedules --
+-- Schedules by name; `after` is the last name of the previous page.
+SELECT * FROM perdure.schedules
+WHERE namespace = %(namespace)s
+  AND (%(function)s::text IS NULL OR function = %(function)s)
+  AND (%(after)s::text IS NULL OR name > %(after)s)
+ORDER BY name
+LIMIT %(limit)s
+
+-- lock_schedule --
+-- One schedule, locked until the end of the transaction, with the database's clock: its
+-- change is computed from it.
+SELECT *, now() AS now FROM perdure.schedules WHERE namespace = %(namespace)s AND name = %(name)s FOR UPDATE
+
+-- update_schedule --
+-- Write a schedule's new settings (computed from it under lock_schedule).
+UPDATE perdure.schedules
+SET function = %(function)s, cron = %(cron)s, timezone = %(timezone)s, job = %(job)s, missed = %(missed)s,
+    paused = %(paused)s, next_run_at = %(next_run_at)s, updated_at = now()
+WHERE namespace = %(namespace)s AND name = %(name)s
+RETURNING *
+
+-- delete_schedule --
+-- Delete a schedule (the jobs it enqueued stay).
+DELETE FROM perdure.schedules WHERE namespace = %(namespace)s AND name = %(name)s RETURNING name
+
+-- lock_due_schedules --
+-- Unpaused schedules whose next tick has come, earliest first, locked until the end of the
+-- transaction; rows another sidecar is firing are skipped, not waited for. With the
+-- database's clock.
+SELECT *, now() AS now FROM perdure.schedules
+WHERE NOT paused AND next_run_at <= now()
+ORDER BY next_run_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- advance_schedules --
+-- After their ticks' jobs are inserted (same transaction): move schedules to their next tick.
+UPDATE perdure.schedules AS s
+SET next_run_at = a.next_run_at, last_run_at = a.last_run_at, last_job_id = a.last_job_id,
+    last_error = a.last_error, paused = a.paused
+FROM unnest(%(namespace)s::text[], %(name)s::text[], %(next_run_at)s::timestamptz[], %(last_run_at)s::timestamptz[],
+            %(last_job_id)s::uuid[], %(last_error)s::text[], %(paused)s::boolean[])
+     AS a(namespace, name, next_run_at, last_run_at, last_job_id, last_error, paused)
+WHERE s.namespace = a.namespace AND s.name = a.name
+
+-- next_schedule_in --
+-- Seconds until the earliest tick of any unpaused schedule (negative: due; null: none).
+SELECT extract(epoch FROM min(next_run_at) - now())::float8 AS wait FROM perdure.schedules WHERE NOT paused

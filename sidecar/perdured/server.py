@@ -14,7 +14,7 @@ import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from perdure.v1 import jobs_pb2, jobs_pb2_grpc, workers_pb2, workers_pb2_grpc
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, schedules_pb2_grpc, workers_pb2, workers_pb2_grpc
 from perdured import reaper
 from perdured.api import JobsService, WorkersService
 from perdured.config import Settings
@@ -24,11 +24,13 @@ from perdured.events import EventHub
 from perdured.logs import log
 from perdured.migrate import migrate
 from perdured.scheduler import Scheduler
+from perdured.schedules import ScheduleRunner, SchedulesService
 from perdured.store import Store
 
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
+    schedules_pb2.DESCRIPTOR.services_by_name["Schedules"].full_name,
 )
 
 
@@ -83,6 +85,10 @@ class Sidecar:
             asyncio.create_task(reaper.delete_old_jobs_forever(store, settings.retention, settings.retention_interval),
                                 name="retention"),
         ]
+        self.schedules = ScheduleRunner(store, sidecar_id=self.id, lease=settings.lease,
+                                        poll_interval=settings.poll_interval,
+                                        max_payload_bytes=settings.max_payload_bytes)
+        self._tasks.append(asyncio.create_task(self.schedules.run(), name="schedules"))
 
         limit = settings.max_payload_bytes + 1024 * 1024  # room for the rest of the message
         server = grpc.aio.server(options=[
@@ -92,6 +98,8 @@ class Sidecar:
         jobs_pb2_grpc.add_JobsServicer_to_server(
             JobsService(store, events, scheduler, max_payload_bytes=settings.max_payload_bytes), server)
         workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(dispatcher), server)
+        schedules_pb2_grpc.add_SchedulesServicer_to_server(
+            SchedulesService(store, self.schedules, max_payload_bytes=settings.max_payload_bytes), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,16 +167,22 @@ class Store:
     async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
         Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`."""
+        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease)
+
+    async def _enqueue_with(self, run: Runner, jobs: list[NewJob], *, sidecar_id: str,
+                            lease: float) -> list[tuple[dict[str, Any], bool]]:
+        """The enqueue, its statements run by `run`: each its own transaction (`_all`), or all
+        within one (`_on(conn)`)."""
         rows = [_new_job_values(job) for job in jobs]
         common = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
         if len(rows) == 1:
             query, params = "enqueue_one", rows[0] | common
         else:
             query, params = "enqueue", {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
-        inserted = {row["id"]: row for row in await self._all(query, params)}
+        inserted = {row["id"]: row for row in await run(query, params)}
         skipped = [j for j in jobs if j.id not in inserted]
         if skipped:
-            rows = await self._all("jobs_by_id_or_idempotency_key", {
+            rows = await run("jobs_by_id_or_idempotency_key", {
                 "id": [j.id for j in skipped],
                 "namespace": [j.namespace for j in skipped if j.idempotency_key],
                 "idempotency_key": [j.idempotency_key for j in skipped if j.idempotency_key],
@@ -391,3 +398,112 @@ class Store:
         """Seconds until the next pending job of these functions is runnable (negative: already is)."""
         rows = await self._all("next_run_at", {"namespace": namespace, "names": names})
         return next(iter(rows[0].values())) if rows else None
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    async def now(self) -> datetime:
+        """The database's clock."""
+        rows = await self._all("database_now", {})
+        return cast(datetime, rows[0]["now"])
+
+    async def create_schedule(self, values: dict[str, Any], *, paused: bool | None,
+                              replace: bool) -> dict[str, Any] | None:
+        """Insert a schedule, or replace the one of the same name if `replace`; returns it with
+        `created`, or None if the name is taken and `replace` is not set."""
+        rows = await self._all("create_schedule", values | {"paused": paused, "replace": replace})
+        return rows[0] if rows else None
+
+    async def get_schedule(self, namespace: str, name: str) -> dict[str, Any] | None:
+        rows = await self._all("get_schedule", {"namespace": namespace, "name": name})
+        return rows[0] if rows else None
+
+    async def list_schedules(self, namespace: str, function: str | None, after: str | None,
+                             limit: int) -> list[dict[str, Any]]:
+        return await self._all("list_schedules", {"namespace": namespace, "function": function,
+                                                  "after": after, "limit": limit})
+
+    async def change_schedule(self, namespace: str, name: str,
+                              change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any] | None:
+        """Lock a schedule, compute its new settings with `change(row)` (the row carries the
+        database's `now`; None: leave it as it is; raising leaves it too) and write them, in one
+        transaction. Returns the schedule as it is then, or None if there is none."""
+        async with self.pool.connection() as conn, conn.transaction():
+            key = {"namespace": namespace, "name": name}
+            cursor = await conn.execute(QUERIES["lock_schedule"], key)
+            row = cast(dict[str, Any] | None, await cursor.fetchone())
+            if row is None:
+                return None
+            values = change(row)
+            if values is None:
+                return row
+            cursor = await conn.execute(QUERIES["update_schedule"], values | key)
+            return cast(dict[str, Any], await cursor.fetchone())
+
+    async def delete_schedule(self, namespace: str, name: str) -> bool:
+        return bool(await self._all("delete_schedule", {"namespace": namespace, "name": name}))
+
+    async def fire_due_schedules(self, limit: int, plan: Callable[[dict[str, Any]], ScheduleTicks], *,
+                                 sidecar_id: str, lease: float) -> list[FiredSchedule]:
+        """In one transaction: lock up to `limit` due schedules (skipping those another sidecar
+        holds), insert the jobs `plan(row)` makes for their ticks with the enqueue statement, and
+        move each to its next tick. A tick whose job exists already (same idempotency key) is
+        not enqueued again: it comes back as deduplicated."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(QUERIES["lock_due_schedules"], {"limit": limit})
+            rows = cast(list[dict[str, Any]], await cursor.fetchall())
+            plans = [(row, plan(row)) for row in rows]
+            jobs = [job for _, ticks in plans for job in ticks.jobs]
+            results = await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease) if jobs else []
+            fired, advanced, position = [], [], 0
+            for row, ticks in plans:
+                enqueued = results[position:position + len(ticks.jobs)]
+                position += len(ticks.jobs)
+                fired.append(FiredSchedule(row, ticks, enqueued))
+                last = enqueued[-1][0] if enqueued else None
+                advanced.append({
+                    "namespace": row["namespace"], "name": row["name"], "next_run_at": ticks.next_run_at,
+                    "last_run_at": ticks.jobs[-1].run_at if last else row["last_run_at"],
+                    "last_job_id": last["id"] if last else row["last_job_id"],
+                    "last_error": ticks.error if ticks.error or last else row["last_error"],
+                    "paused": ticks.pause,
+                })
+            if advanced:
+                await conn.execute(QUERIES["advance_schedules"],
+                                   {column: [a[column] for a in advanced] for column in advanced[0]})
+            return fired
+
+    async def next_schedule_in(self) -> float | None:
+        """Seconds until the earliest tick of any unpaused schedule (negative: due already)."""
+        rows = await self._all("next_schedule_in", {})
+        return cast(float | None, rows[0]["wait"])
+
+
+Runner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+
+
+def _on(conn: psycopg.AsyncConnection[Any]) -> Runner:
+    """Runs named queries on one connection (inside the caller's transaction)."""
+
+    async def run(query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cursor = await conn.execute(QUERIES[query], params)
+        return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
+
+    return run
+
+
+@dataclass(frozen=True)
+class ScheduleTicks:
+    """What one firing round does with a due schedule: the jobs of the ticks it fires (oldest
+    first), and the tick it waits for next."""
+
+    jobs: list[NewJob]
+    next_run_at: datetime
+    error: str | None = None  # why a due tick made no job
+    pause: bool = False  # stop the schedule (it can no longer be evaluated)
+
+
+@dataclass(frozen=True)
+class FiredSchedule:
+    schedule: dict[str, Any]  # the row as it was before this round
+    ticks: ScheduleTicks
+    enqueued: list[tuple[dict[str, Any], bool]]  # (job row, deduplicated) per job of `ticks`

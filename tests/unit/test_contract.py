@@ -22,5 +22,7 @@ def test_public_api__is_pinned() -> None:
         "AttemptRecord", "DurableFunction", "ErrorInfo", "EventTimeoutError", "FunctionLimits", "InvalidArgumentError", "JobCancelledError",
         "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
         "JobNotFoundError", "JobOptions", "LogInfo", "NonRetryableError", "NotInJobError", "NotStartedError",
-        "Perdure", "PerdureError", "ProgressInfo", "RateLimit", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError", "__version__", "context",
+        "Perdure", "PerdureError", "ProgressInfo", "RateLimit", "Schedule", "ScheduleExistsError",
+        "ScheduleNotFoundError", "Schedules", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError",
+        "__version__", "context",
     ]
