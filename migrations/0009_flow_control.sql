@@ -16,9 +16,12 @@ ALTER TABLE perdure.jobs ADD COLUMN start_by timestamptz;
 ALTER TABLE perdure.jobs ADD COLUMN max_duration interval;
 ALTER TABLE perdure.jobs ADD COLUMN deadline_at timestamptz;
 
--- In progress, per function and key: what concurrency limits count.
+-- In progress, per function and key: what concurrency limits count. A job is in progress
+-- from its first start to its end: running, suspended, or pending again after an attempt
+-- (waiting for its retry, or put back by a sidecar). RetryJob starts it afresh (started_at
+-- is cleared).
 CREATE INDEX jobs_in_progress ON perdure.jobs (namespace, name, concurrency_key)
-    WHERE state IN ('running', 'suspended');
+    WHERE state IN ('running', 'suspended') OR (state = 'pending' AND started_at IS NOT NULL);
 CREATE INDEX jobs_start_by ON perdure.jobs (start_by) WHERE state = 'pending' AND start_by IS NOT NULL;
 CREATE INDEX jobs_deadline ON perdure.jobs (deadline_at)
     WHERE state IN ('pending', 'running', 'suspended') AND deadline_at IS NOT NULL;

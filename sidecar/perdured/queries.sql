@@ -123,9 +123,10 @@ SELECT pg_advisory_xact_lock(hashtextextended(%(namespace)s || chr(31) || %(name
 
 -- claim_limited --
 -- Claim runnable jobs of one controlled function within its limits (under lock_function).
--- A job in progress (running or suspended) holds a slot of its function and of its key; a
--- suspended job that resumes keeps the slot it holds. Every start counts toward the rate
--- limits. Candidates go in claim order (priority, run_at, id) through one test at a time,
+-- A job in progress (from its first start to its end: running, suspended, or pending for a
+-- retry) holds a slot of its function and of its key: a retry or a resumption keeps the
+-- slot, and with it the job's place ahead of the jobs that never started. Every start counts
+-- toward the rate limits. Candidates go in claim order (priority, run_at, id) through one test at a time,
 -- each counting only the candidates that passed the tests before it, so that a job held
 -- back never uses up room that a job behind it could take:
 --   1. per key, new jobs within the key's free slots;
@@ -136,7 +137,8 @@ WITH fn AS (
     SELECT * FROM perdure.functions WHERE namespace = %(namespace)s AND name = %(name)s
 ), in_progress AS (
     SELECT concurrency_key, count(*) AS jobs FROM perdure.jobs
-    WHERE namespace = %(namespace)s AND name = %(name)s AND state IN ('running', 'suspended')
+    WHERE namespace = %(namespace)s AND name = %(name)s
+      AND (state IN ('running', 'suspended') OR (state = 'pending' AND started_at IS NOT NULL))
     GROUP BY concurrency_key
 ), recent AS (
     SELECT s.concurrency_key,
@@ -146,8 +148,8 @@ WITH fn AS (
     WHERE s.namespace = %(namespace)s AND s.name = %(name)s
       AND s.started_at > now() - greatest(fn.rate_period, fn.key_rate_period)
 ), candidates AS (
-    SELECT j.id, j.priority, j.run_at, j.concurrency_key, j.state = 'pending' AS new,
-           count(*) FILTER (WHERE j.state = 'pending') OVER (
+    SELECT j.id, j.priority, j.run_at, j.concurrency_key, j.started_at IS NULL AS new,
+           count(*) FILTER (WHERE j.started_at IS NULL) OVER (
                PARTITION BY j.concurrency_key ORDER BY j.priority DESC, j.run_at, j.id) AS new_of_key
     FROM perdure.jobs j
     WHERE j.state IN ('pending', 'suspended') AND j.namespace = %(namespace)s AND j.name = %(name)s
@@ -355,7 +357,7 @@ SELECT c.id, c.namespace, c.name, c.error ->> 'type' AS reason FROM cancelled c 
 -- retry_jobs --
 -- Send dead or cancelled jobs back to pending with a fresh set of attempts: one job by id, or
 -- up to `limit` that match the filter and finished before `finished_before`. A retried job
--- gets a new deadline at its next start.
+-- starts afresh: a new first start, a new deadline, a slot to win under flow control.
 WITH matched AS (
     SELECT id FROM perdure.jobs
     WHERE {job_filter} AND state IN ('dead', 'cancelled')
@@ -366,7 +368,7 @@ WITH matched AS (
 )
 UPDATE perdure.jobs AS j
 SET state = 'pending', uncounted_attempts = j.attempt, run_at = now(), finished_at = NULL, result = NULL,
-    result_encoding = NULL, start_by = NULL, deadline_at = NULL
+    result_encoding = NULL, started_at = NULL, start_by = NULL, deadline_at = NULL
 FROM matched WHERE j.id = matched.id
 RETURNING {finished_job_columns}
 

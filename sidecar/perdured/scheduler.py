@@ -28,8 +28,8 @@ from perdured.validation import NewJob
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
-# Events after which a job no longer holds a slot of its function's concurrency limits.
-FREES_SLOT = frozenset({"succeeded", "dead", "cancelled", "attempt_failed"})
+# Events after which a job no longer holds a slot under its function's concurrency limits (it ended).
+FREES_SLOT = frozenset({"succeeded", "dead", "cancelled"})
 ANNOUNCED_LIMIT = 10_000
 
 

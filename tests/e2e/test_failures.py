@@ -320,3 +320,30 @@ async def test_parent_killed_while_awaiting__resumes_with_the_same_child(perdure
     assert len(set(child_ids)) == 1 and [c.id for c in details.children] == child_ids[:1]
     assert result == {"child": child_ids[0], "result": {"token": "t", "pid": second.pid}}
     assert outcomes(details)[-1] == "succeeded"
+
+
+async def test_concurrency_key__held_by_a_job_whose_sidecar_died_until_its_lease_expires(
+        perdured, app, shared_dir) -> None:
+    doomed = perdured("--lease", "1")
+    survivor = perdured("--lease", "1")
+    stranded = await app(doomed.address, "e2e:hold", concurrency=2)
+    async with Perdure(address=survivor.address) as client:
+        first = await client.enqueue("e2e:hold", "key-1", concurrency_key="tenant-7")
+        await file_appears(shared_dir / f"started-key-1-{stranded.pid}")
+        rescuer = await app(survivor.address, "e2e:hold", concurrency=2)
+        second = await client.enqueue("e2e:hold", "key-2", concurrency_key="tenant-7")
+        doomed.kill()
+
+        # The key stays taken by the first job until its lease expires and it is put back;
+        # then the first job (ahead in order) runs again, on the rescuer, still alone.
+        await file_appears(shared_dir / f"started-key-1-{rescuer.pid}")
+        assert not list(shared_dir.glob("started-key-2-*"))
+        (shared_dir / "release-key-1").touch()
+        assert (await first.result(timeout=WAIT))["pid"] == rescuer.pid
+        (shared_dir / "release-key-2").touch()
+        assert (await second.result(timeout=WAIT))["pid"] == rescuer.pid
+        first_details, second_details = await first.details(), await second.details()
+
+    assert outcomes(first_details) == ["lease_expired", "succeeded"]
+    assert outcomes(second_details) == ["succeeded"]
+    assert [e.job_id for e in rescuer.journal() if e.event == "start"] == [first.id, second.id]

@@ -103,6 +103,33 @@ async def test_concurrency_key__one_job_per_key_at_a_time_in_order_across_sideca
         assert [job_id for job_id, *_ in mine] == enqueued[tenant]  # in order
 
 
+async def test_concurrency_key__a_job_waiting_for_its_retry_keeps_its_place(three_sidecars, make_client, runs) -> None:
+    workers = workers_on(three_sidecars[:2], make_client, worker_concurrency=3)
+    failed_once: set[str] = set()
+    for worker in workers:
+        @worker.durable("ledger:post", initial_delay=0.2, max_delay=0.2, jitter=0)
+        async def post(entry: str) -> str:
+            await runs.start(entry)
+            if entry == "first" and entry not in failed_once:
+                failed_once.add(entry)
+                raise RuntimeError("the ledger was busy")
+            await runs.end()
+            return entry
+
+    async with workers[0], workers[1]:
+        for worker in workers:
+            await worker.wait_until_serving()
+        first = await workers[0].enqueue("ledger:post", "first", concurrency_key="account-9")
+        second = await workers[1].enqueue("ledger:post", "second", concurrency_key="account-9")
+        assert [await first.result(timeout=30), await second.result(timeout=30)] == ["first", "second"]
+        first_details = await first.details()
+    assert [a.outcome for a in first_details.attempts] == ["failed", "succeeded"]
+    # While the first waited for its retry, the second did not overtake it: its handler
+    # started after the first's had ended (both times by the database clock).
+    ended = {key: (start, end) for _, key, start, end in await runs.all()}
+    assert ended["second"][0] >= ended["first"][1]
+
+
 async def test_key_concurrency__at_most_k_per_key(three_sidecars, make_client, runs) -> None:
     workers = workers_on(three_sidecars, make_client, worker_concurrency=5)
     for worker in workers:

@@ -434,7 +434,7 @@ class Job(_message.Message):
 
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
-        """When the first attempt started."""
+        """When the first attempt started (since the last RetryJob, which starts the job afresh)."""
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp:
