@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from perdure import _serde
+from perdure import _serde, _tracing
 from perdure._context import current_context
 from perdure._errors import (
     InvalidArgumentError,
@@ -264,6 +264,7 @@ class Perdure:
                             options: JobOptions, parent_id: str | None) -> JobHandle:
         request = options.request(namespace=self.namespace, name=name,
                                   payload=_serde.encode_call(name, args, kwargs), parent_id=parent_id)
+        request.trace_context.update(_tracing.current_context())
         response = await self._call("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from perdure import _context, _serde
+from perdure import _context, _serde, _tracing
 from perdure._context import JobContext
 from perdure._errors import NonRetryableError
 from perdure._handle import STATES, ErrorInfo
@@ -151,7 +151,8 @@ class Worker:
                 raise NonRetryableError(f"no handler for {assignment.name!r} in this process")
             args, kwargs = _serde.decode_call(assignment.payload)
             await self._emit("job:start", info)
-            result = await _suspension_unwrapped(self._invoke(handler, job, args, kwargs))
+            with _tracing.job_span(job.name, job.job_id, job.attempt, assignment.trace_context):
+                result = await _suspension_unwrapped(self._invoke(handler, job, args, kwargs))
             try:
                 outcome.success.CopyFrom(_serde.encode_result(result))
             except (TypeError, ValueError) as exc:

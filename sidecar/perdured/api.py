@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import psycopg
 
-from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
+from perdure.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
@@ -211,3 +212,49 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
         # grpc.aio treats a handler as streaming only if it is itself an async generator.
         async for message in self.dispatcher.work(request_iterator, context):
             yield message
+
+
+DEFAULT_STATS_WINDOW = 300.0
+MAX_STATS_WINDOW = 24 * 3600.0
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, store: Store, dispatcher: Dispatcher, info: dict[str, Any]) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.info = info  # what the sidecar knows of itself: version, id, lease, start, embedded
+
+    @_errors_as_status
+    async def GetStats(self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetStatsResponse:
+        namespace = validation.namespace(request.namespace) if request.namespace else None
+        window = validation.seconds(request.window, "window", allow_zero=False) if request.HasField("window") else DEFAULT_STATS_WINDOW
+        if window > MAX_STATS_WINDOW:
+            raise InvalidArgument("window", f"is {window:g} s; at most {MAX_STATS_WINDOW:g} s (a day of activity is kept)")
+        rows = await self.store.function_stats(namespace, window)
+        response = admin_pb2.GetStatsResponse(window=convert.duration(window))
+        for row in rows:
+            response.functions.append(convert.function_stats(row, window))
+        at = convert.timestamp(rows[0]["at"] if rows else time.time())
+        assert at is not None
+        response.at.CopyFrom(at)
+        return response
+
+    @_errors_as_status
+    async def ListWorkers(self, request: admin_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListWorkersResponse:
+        namespace = validation.namespace(request.namespace) if request.namespace else None
+        rows = await self.store.list_workers(namespace)
+        return admin_pb2.ListWorkersResponse(workers=[convert.worker(row) for row in rows])
+
+    @_errors_as_status
+    async def GetInfo(self, request: admin_pb2.GetInfoRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetInfoResponse:
+        began = time.perf_counter()
+        database = await self.store.database_info()
+        latency = time.perf_counter() - began
+        running = self.dispatcher.running()
+        return admin_pb2.GetInfoResponse(
+            version=self.info["version"], sidecar_id=self.dispatcher.sidecar_id,
+            schema_version=database["schema_version"] or 0, latest_schema_version=self.info["latest_schema_version"],
+            database_version=database["server_version"], embedded_database=self.info["embedded"],
+            database_latency=convert.duration(latency), workers=len(self.dispatcher.sessions), in_flight=len(running),
+            lease=convert.duration(self.dispatcher.lease), started_at=convert.timestamp(self.info["started_at"]),
+        )

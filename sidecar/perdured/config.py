@@ -23,6 +23,7 @@ class Settings:
     pool_size: int = 10
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
     retention_interval: float = 60.0
+    metrics_listen: str = ""  # host:port for Prometheus metrics; empty: not served
     # For a supervising process (the Python SDK): where to write the bound address
     # once serving, and whether to stop when our standard input closes.
     ready_fd: int | None = None
@@ -71,6 +72,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "Seconds finished jobs (success, dead, cancelled) are kept before sidecars delete them."),
     ("--retention-interval", "PERDURE_RETENTION_INTERVAL", _positive_float,
      "Seconds between deletions of old finished jobs (one sidecar at a time does them)."),
+    ("--metrics-listen", "PERDURE_METRICS_LISTEN", str,
+     "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off."),
 ]
 
 

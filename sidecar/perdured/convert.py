@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from perdure.v1 import jobs_pb2, types_pb2
+from perdure.v1 import admin_pb2, jobs_pb2, types_pb2
 from perdured import validation
 from perdured.events import JobEvent
 
@@ -176,3 +176,27 @@ def event(value: JobEvent) -> jobs_pb2.JobEvent:
     if value.log is not None:
         message.log.CopyFrom(log_record(value.log["level"], value.log["message"], value.attempt, value.at))
     return message
+
+
+def function_stats(row: dict[str, Any], window: float) -> admin_pb2.FunctionStats:
+    ended = row["succeeded_recently"] + row["dead_recently"] + row["cancelled_recently"]
+    attempts_ended = row["succeeded_recently"] + row["failed_recently"]
+    message = admin_pb2.FunctionStats(
+        namespace=row["namespace"], name=row["name"], pending=row["pending"], running=row["running"],
+        suspended=row["suspended"], dead=row["dead"], enqueued_recently=row["enqueued_recently"],
+        started_recently=row["started_recently"], succeeded_recently=row["succeeded_recently"],
+        failed_recently=row["failed_recently"], dead_recently=row["dead_recently"],
+        cancelled_recently=row["cancelled_recently"], throughput=ended / window,
+        failure_rate=row["failed_recently"] / attempts_ended if attempts_ended else 0.0,
+    )
+    if row["oldest_pending_age"] is not None:
+        message.oldest_pending_age.CopyFrom(duration(max(row["oldest_pending_age"], 0.0)))
+    return message
+
+
+def worker(row: dict[str, Any]) -> admin_pb2.WorkerInfo:
+    return admin_pb2.WorkerInfo(
+        id=row["id"], sidecar_id=row["sidecar_id"], namespace=row["namespace"], worker_name=row["worker_name"],
+        sdk=row["sdk"], names=row["names"], concurrency=row["concurrency"], in_flight=row["in_flight"],
+        connected_at=timestamp(row["connected_at"]), last_seen=timestamp(row["last_seen"]), draining=row["draining"],
+    )

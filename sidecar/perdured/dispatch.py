@@ -53,6 +53,8 @@ class Assignment:
     round_attempt: int  # attempt number counted since the last RetryJob, for the backoff
     timeout: float
     session: WorkerSession
+    namespace: str = ""
+    assigned_at: float = field(default_factory=time.monotonic)
     timer: asyncio.TimerHandle | None = None
     # The sidecar ended the attempt itself (timeout, cancel, lost lease, shutdown); only the
     # worker's answer is awaited now, to free the slot.
@@ -151,6 +153,11 @@ class Dispatcher:
         label = first.register.worker_name or f"{socket.gethostname()}"
         worker_id = f"{label}@{self.sidecar_id}#{next(self._serial)}"
         session = WorkerSession(worker_id, namespace, names, registration.concurrency)
+        try:
+            await self.store.register_worker(worker_id, self.sidecar_id, namespace, label, first.register.sdk,
+                                             sorted(names), registration.concurrency, self.lease)
+        except psycopg.Error as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot record the worker: {exc}")
         self.sessions[worker_id] = session
         log.info("worker.registered", worker_id=worker_id, namespace=namespace, functions=sorted(names),
                  concurrency=registration.concurrency, limits=sorted(registration.limits), sdk=first.register.sdk)
@@ -186,6 +193,7 @@ class Dispatcher:
         The session leaves at once, so that nothing more is assigned to it; recording runs
         apart from the RPC's task, which gRPC may cancel again at any moment."""
         self.sessions.pop(session.id, None)
+        self._spawn(self._forget_worker(session.id))
         lost = [a for a in session.assignments.values() if not a.ended and not a.finishing]
         session.assignments.clear()
         log.info("worker.disconnected", worker_id=session.id, jobs_returned=len(lost))
@@ -195,6 +203,18 @@ class Dispatcher:
             message = f"the worker {session.id} went away while running attempt {assignment.attempt}"
             self._spawn(self._record_ended(assignment, "worker_lost", _error("perdure.WorkerLost", message),
                                            retry_delay=0.0))
+
+    async def _forget_worker(self, worker_id: str) -> None:
+        try:
+            await self.store.remove_worker(worker_id)
+        except psycopg.Error as exc:  # its row expires anyway
+            log.warning("worker.not_forgotten", worker_id=worker_id, error=str(exc))
+
+    async def touch_workers(self) -> None:
+        """Tell the cluster our workers are still here, with what they hold."""
+        sessions = list(self.sessions.values())
+        if sessions:
+            await self.store.touch_workers([(s.id, len(s.assignments), s.draining) for s in sessions], self.lease)
 
     # -- handing out jobs -----------------------------------------------------------------
 
@@ -222,7 +242,7 @@ class Dispatcher:
         )
         timeout = row["timeout"].total_seconds()
         assignment = Assignment(
-            job_id=row["id"], attempt=row["attempt"], name=row["name"], policy=policy,
+            job_id=row["id"], attempt=row["attempt"], name=row["name"], namespace=row["namespace"], policy=policy,
             round_attempt=row["attempt"] - row["uncounted_attempts"], timeout=timeout, session=session,  # type: ignore[arg-type]
         )
         if session is None:
@@ -242,7 +262,7 @@ class Dispatcher:
             payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
             deadline=deadline, max_attempts=row["max_attempts"],
             parent_id=str(row["parent_id"]) if row["parent_id"] else "",
-            steps=[convert.step(step) for step in steps],
+            steps=[convert.step(step) for step in steps], trace_context=row.get("trace_context") or {},
         )))
         log.debug("job.assigned", job_id=str(row["id"]), attempt=row["attempt"], worker_id=session.id)
 
@@ -293,6 +313,8 @@ class Dispatcher:
                 log.error("event.recheck_failed", job_id=str(job_id), event_name=record.waiting_for, error=str(exc))
         self._release_slot(assignment)
         session.send(_ack(outcome, recorded=state is not None, state=state))
+        self.store.metrics.attempt_duration.labels(assignment.namespace, assignment.name, record.attempt_outcome).observe(
+            time.monotonic() - assignment.assigned_at)
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
         log.debug(event, job_id=str(job_id), attempt=outcome.attempt, state=state)
 

@@ -24,13 +24,14 @@ WITH new_jobs AS (
     INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, idempotency_key, parent_id,
                               max_attempts, backoff, initial_delay, max_delay, jitter, timeout, run_at,
                               priority, labels, concurrency_key, start_by, max_duration, deadline_at,
-                              state, attempt, started_at, lease_expires_at, sidecar_id, worker_id)
+                              trace_context, state, attempt, started_at, lease_expires_at, sidecar_id, worker_id)
     SELECT n.id, n.namespace, n.name, n.payload, n.payload_encoding, n.idempotency_key, n.parent_id,
            n.max_attempts, n.backoff, n.initial_delay, n.max_delay, n.jitter, n.timeout, n.runs_at,
            n.priority, n.labels, n.concurrency_key,
            CASE WHEN n.start_on IS NULL THEN n.runs_at + n.start_within END,
            n.max_duration,
            CASE WHEN n.start_on IS NOT NULL THEN now() + n.max_duration END,
+           n.trace_context,
            CASE WHEN n.start_on IS NULL THEN 'pending' ELSE 'running' END,
            (n.start_on IS NOT NULL)::int,
            CASE WHEN n.start_on IS NOT NULL THEN now() END,
@@ -93,7 +94,7 @@ claimed AS (
     FROM numbered n WHERE j.id = n.id AND j.state IN ('pending', 'suspended')
     RETURNING j.id, j.namespace, j.name, j.payload, j.payload_encoding, j.attempt, j.uncounted_attempts,
               j.max_attempts, j.backoff, j.initial_delay, j.max_delay, j.jitter, j.timeout, j.parent_id,
-              j.worker_id, j.run_at, j.priority, j.concurrency_key
+              j.worker_id, j.run_at, j.priority, j.concurrency_key, j.trace_context, now() AS claimed_at
 ), history AS (
     INSERT INTO perdure.attempts (job_id, number, sidecar_id, worker_id)
     SELECT id, attempt, %(sidecar_id)s, worker_id FROM claimed
@@ -302,12 +303,12 @@ WITH expired AS (
         finished_at = CASE WHEN j.attempt - j.uncounted_attempts >= j.max_attempts THEN now() END,
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM expired WHERE j.id = expired.id
-    RETURNING j.id, j.attempt, j.state
+    RETURNING j.id, j.namespace, j.name, j.attempt, j.state
 ), history AS (
     UPDATE perdure.attempts AS h SET ended_at = now(), outcome = 'lease_expired', error = %(error)s::jsonb
     FROM reclaimed r WHERE h.job_id = r.id AND h.number = r.attempt
 )
-SELECT id, attempt, state FROM reclaimed
+SELECT id, namespace, name, attempt, state FROM reclaimed
 
 -- cancelled_jobs --
 -- Cancel the unfinished jobs in `roots(id, error)` and all their unfinished descendants (a
@@ -328,16 +329,17 @@ tree AS (
 )
 
 -- cancel_job --
--- Cancel a job that has not finished, and all its unfinished descendants; returns the job
--- itself if it was cancelled, nothing if it had finished.
+-- Cancel a job that has not finished, and all its unfinished descendants; returns those
+-- cancelled (none if the job had finished).
 WITH RECURSIVE roots AS (
     SELECT id, NULL::jsonb AS error FROM perdure.jobs WHERE id = %(id)s AND namespace = %(namespace)s
 ), {cancelled_jobs}
-SELECT * FROM cancelled WHERE id = %(id)s
+SELECT * FROM cancelled
 
 -- cancel_overdue --
 -- The cancellation policies: cancel up to `limit` jobs not started by their start_by, or not
--- ended by their deadline, with their descendants; returns those jobs.
+-- ended by their deadline, with their descendants; returns them all, with the reason of the
+-- jobs whose own policy fired (null for descendants).
 WITH RECURSIVE roots AS (
     SELECT id, CASE WHEN state = 'pending' AND start_by < now()
         THEN jsonb_build_object('type', 'perdure.StartTimeout', 'non_retryable', true, 'traceback', '',
@@ -352,7 +354,7 @@ WITH RECURSIVE roots AS (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), {cancelled_jobs}
-SELECT c.id, c.namespace, c.name, c.error ->> 'type' AS reason FROM cancelled c JOIN roots USING (id)
+SELECT c.id, c.namespace, c.name, r.error ->> 'type' AS reason FROM cancelled c LEFT JOIN roots r USING (id)
 
 -- retry_jobs --
 -- Send dead or cancelled jobs back to pending with a fresh set of attempts: one job by id, or
@@ -597,3 +599,86 @@ WHERE s.namespace = a.namespace AND s.name = a.name
 -- next_schedule_in --
 -- Seconds until the earliest tick of any unpaused schedule (negative: due; null: none).
 SELECT extract(epoch FROM min(next_run_at) - now())::float8 AS wait FROM perdure.schedules WHERE NOT paused
+
+-- register_worker --
+-- A worker connected to this sidecar (see 0011_operations.sql).
+INSERT INTO perdure.workers (id, sidecar_id, namespace, worker_name, sdk, names, concurrency, expires_at)
+VALUES (%(id)s, %(sidecar_id)s, %(namespace)s, %(worker_name)s, %(sdk)s, %(names)s, %(concurrency)s, now() + %(ttl)s)
+ON CONFLICT (id) DO UPDATE SET last_seen = now(), expires_at = excluded.expires_at
+
+-- touch_workers --
+-- This sidecar's workers are still connected: what they hold now, and for how much longer.
+UPDATE perdure.workers AS w SET in_flight = t.in_flight, draining = t.draining, last_seen = now(),
+       expires_at = now() + %(ttl)s
+FROM unnest(%(id)s::text[], %(in_flight)s::int[], %(draining)s::bool[]) AS t(id, in_flight, draining)
+WHERE w.id = t.id
+
+-- remove_worker --
+DELETE FROM perdure.workers WHERE id = %(id)s
+
+-- delete_expired_workers --
+-- Workers whose sidecar stopped saying they are there (it died).
+DELETE FROM perdure.workers WHERE expires_at < now() RETURNING id
+
+-- list_workers --
+SELECT id, sidecar_id, namespace, worker_name, sdk, names, concurrency, in_flight, draining, connected_at, last_seen
+FROM perdure.workers
+WHERE expires_at >= now() AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+ORDER BY namespace, connected_at, id
+
+-- add_activity --
+-- Add what this sidecar counted to the per-minute activity (rows in key order: several
+-- sidecars adding at once lock them in the same order).
+INSERT INTO perdure.activity AS a (namespace, name, minute, enqueued, started, succeeded, failed, dead, cancelled)
+SELECT * FROM unnest(%(namespace)s::text[], %(name)s::text[], %(minute)s::timestamptz[], %(enqueued)s::bigint[],
+                     %(started)s::bigint[], %(succeeded)s::bigint[], %(failed)s::bigint[], %(dead)s::bigint[],
+                     %(cancelled)s::bigint[])
+ORDER BY 1, 2, 3
+ON CONFLICT (namespace, name, minute) DO UPDATE
+SET enqueued = a.enqueued + excluded.enqueued, started = a.started + excluded.started,
+    succeeded = a.succeeded + excluded.succeeded, failed = a.failed + excluded.failed,
+    dead = a.dead + excluded.dead, cancelled = a.cancelled + excluded.cancelled
+
+-- delete_old_activity --
+DELETE FROM perdure.activity WHERE minute < now() - interval '1 day'
+
+-- function_stats --
+-- Per function: jobs in progress now and dead jobs kept (partial indexes: never a scan of the
+-- finished jobs), and activity within the window (perdure.activity, by the minute).
+WITH live AS (
+    SELECT namespace, name,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'suspended') AS suspended,
+           extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()))::float8
+               AS oldest_pending_age
+    FROM perdure.jobs
+    WHERE state IN ('pending', 'running', 'suspended') AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+    GROUP BY namespace, name
+), dead AS (
+    SELECT namespace, name, count(*) AS dead FROM perdure.jobs
+    WHERE state = 'dead' AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+    GROUP BY namespace, name
+), recent AS (
+    SELECT namespace, name, sum(enqueued)::bigint AS enqueued, sum(started)::bigint AS started,
+           sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed, sum(dead)::bigint AS dead,
+           sum(cancelled)::bigint AS cancelled
+    FROM perdure.activity
+    WHERE minute > now() - %(window)s AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+    GROUP BY namespace, name
+)
+SELECT coalesce(l.namespace, d.namespace, r.namespace) AS namespace, coalesce(l.name, d.name, r.name) AS name,
+       coalesce(l.pending, 0) AS pending, coalesce(l.running, 0) AS running,
+       coalesce(l.suspended, 0) AS suspended, coalesce(d.dead, 0) AS dead, l.oldest_pending_age,
+       coalesce(r.enqueued, 0) AS enqueued_recently, coalesce(r.started, 0) AS started_recently,
+       coalesce(r.succeeded, 0) AS succeeded_recently, coalesce(r.failed, 0) AS failed_recently,
+       coalesce(r.dead, 0) AS dead_recently, coalesce(r.cancelled, 0) AS cancelled_recently, now() AS at
+FROM live l
+FULL JOIN dead d ON d.namespace = l.namespace AND d.name = l.name
+FULL JOIN recent r ON r.namespace = coalesce(l.namespace, d.namespace) AND r.name = coalesce(l.name, d.name)
+ORDER BY 1, 2
+
+-- database_info --
+-- What `perdure doctor` shows of the database.
+SELECT current_setting('server_version') AS server_version,
+       (SELECT max(version) FROM perdure.schema_migrations) AS schema_version

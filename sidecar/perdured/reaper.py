@@ -79,3 +79,37 @@ async def delete_old_jobs_forever(store: Store, retention: float, interval: floa
                     break
         except Exception as exc:
             log.error("retention.failed", error=str(exc))
+
+
+async def workers_and_activity_forever(dispatcher: Dispatcher, lease: float) -> None:
+    """Keep the cluster's list of workers current: ours are still here (three times per lease),
+    and those of sidecars that died have expired. Old activity rows go too."""
+    rounds = 0
+    while True:
+        await asyncio.sleep(lease / 3)
+        try:
+            await dispatcher.touch_workers()
+            await dispatcher.store.delete_expired_workers()
+            rounds += 1
+            if rounds % 100 == 0:
+                await dispatcher.store.delete_old_activity()
+        except Exception as exc:
+            log.error("workers.update_failed", error=str(exc))
+
+
+QUEUE_DEPTH_INTERVAL = 10.0
+
+
+async def queue_depth_forever(store: Store) -> None:
+    """Refresh the queue-depth gauges (only while metrics are served)."""
+    gauge = store.metrics.queue_depth
+    while True:
+        try:
+            rows = await store.function_stats(None, 60.0)
+            gauge.clear()
+            for row in rows:
+                for state in ("pending", "running", "suspended"):
+                    gauge.labels(row["namespace"], row["name"], state).set(row[state])
+        except Exception as exc:
+            log.error("metrics.queue_depth_failed", error=str(exc))
+        await asyncio.sleep(QUEUE_DEPTH_INTERVAL)

@@ -7,6 +7,8 @@ import asyncio
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -14,15 +16,25 @@ import psycopg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from perdure.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, schedules_pb2_grpc, workers_pb2, workers_pb2_grpc
-from perdured import reaper
-from perdured.api import JobsService, WorkersService
+from perdure.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
+    workers_pb2,
+    workers_pb2_grpc,
+)
+from perdured import __version__, reaper
+from perdured.api import AdminService, JobsService, WorkersService
 from perdured.config import Settings
 from perdured.dispatch import Dispatcher, sidecar_id
 from perdured.embedded import start_embedded
 from perdured.events import EventHub
 from perdured.logs import log
-from perdured.migrate import migrate
+from perdured.metrics import Metrics, add_activity_forever
+from perdured.migrate import load_migrations, migrate
 from perdured.scheduler import Scheduler
 from perdured.schedules import ScheduleRunner, SchedulesService
 from perdured.store import Store
@@ -31,6 +43,7 @@ SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
     schedules_pb2.DESCRIPTOR.services_by_name["Schedules"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
 
 
@@ -54,6 +67,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: grpc.aio.Server | None = None
         self._store: Store | None = None
+        self._stop_metrics: Callable[[], None] | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
 
     async def start(self) -> None:
@@ -62,7 +76,8 @@ class Sidecar:
         applied = await apply_migrations(url)
         log.info("database.ready", migrations_applied=applied)
 
-        self._store = store = await Store.open(url, settings.pool_size)
+        self.metrics = metrics = Metrics()
+        self._store = store = await Store.open(url, settings.pool_size, metrics)
         events = EventHub(url)
         self._tasks.append(asyncio.create_task(events.run(), name="events"))
         await asyncio.wait_for(events.ready.wait(), timeout=30)
@@ -84,7 +99,14 @@ class Sidecar:
             asyncio.create_task(reaper.cancel_overdue_forever(store, settings.lease), name="policies"),
             asyncio.create_task(reaper.delete_old_jobs_forever(store, settings.retention, settings.retention_interval),
                                 name="retention"),
+            asyncio.create_task(reaper.workers_and_activity_forever(dispatcher, settings.lease), name="workers"),
+            asyncio.create_task(add_activity_forever(metrics, store.add_activity), name="activity"),
         ]
+        metrics.workers_connected.set_function(lambda: len(dispatcher.sessions))
+        if settings.metrics_listen:
+            self._stop_metrics = metrics.serve(settings.metrics_listen)
+            self._tasks.append(asyncio.create_task(reaper.queue_depth_forever(store), name="queue-depth"))
+            log.info("metrics.serving", address=f"http://{settings.metrics_listen}/metrics")
         self.schedules = ScheduleRunner(store, sidecar_id=self.id, lease=settings.lease,
                                         poll_interval=settings.poll_interval,
                                         max_payload_bytes=settings.max_payload_bytes)
@@ -100,6 +122,10 @@ class Sidecar:
         workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(dispatcher), server)
         schedules_pb2_grpc.add_SchedulesServicer_to_server(
             SchedulesService(store, self.schedules, max_payload_bytes=settings.max_payload_bytes), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(store, dispatcher, {
+            "version": __version__, "latest_schema_version": len(load_migrations()),
+            "embedded": not settings.database_url, "started_at": time.time(),
+        }), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -126,8 +152,15 @@ class Sidecar:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._store is not None and (activity := self.metrics.take_activity()):
+            try:  # what this sidecar counted since its last addition
+                await self._store.add_activity(activity)
+            except Exception as exc:
+                log.warning("activity.lost", error=str(exc))
         if self._store is not None:
             await self._store.close()
+        if self._stop_metrics is not None:
+            await asyncio.to_thread(self._stop_metrics)
         log.info("sidecar.stopped", sidecar_id=self.id)
 
 

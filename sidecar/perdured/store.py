@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +17,14 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from perdured.metrics import Metrics
 from perdured.validation import FunctionLimits, JobFilter, NewJob
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
     "idempotency_key, parent_id, attempt, uncounted_attempts, max_attempts, backoff, initial_delay, "
     "max_delay, jitter, timeout, run_at, created_at, started_at, finished_at, progress, waiting_for, "
-    "priority, labels, concurrency_key, start_by, max_duration, deadline_at"
+    "priority, labels, concurrency_key, start_by, max_duration, deadline_at, trace_context"
 )
 
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
@@ -38,7 +40,7 @@ NEW_JOB_FIELDS = (
     ("max_attempts", "int"), ("backoff", "text"), ("initial_delay", "interval"), ("max_delay", "interval"),
     ("jitter", "float8"), ("timeout", "interval"), ("delay", "interval"), ("run_at", "timestamptz"),
     ("priority", "int"), ("labels", "jsonb"), ("concurrency_key", "text"), ("start_within", "interval"),
-    ("max_duration", "interval"), ("worker_id", "text"),
+    ("max_duration", "interval"), ("trace_context", "jsonb"), ("worker_id", "text"),
 )
 _NEW_JOB_NAMES = ", ".join(name for name, _ in NEW_JOB_FIELDS)
 _NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
@@ -77,6 +79,7 @@ def _new_job_values(job: NewJob) -> dict[str, Any]:
         "timeout": timedelta(seconds=job.timeout), "delay": timedelta(seconds=job.delay), "run_at": job.run_at,
         "priority": job.priority, "labels": Jsonb(job.labels), "concurrency_key": job.concurrency_key,
         "start_within": _interval(job.start_within), "max_duration": _interval(job.max_duration),
+        "trace_context": Jsonb(job.trace_context) if job.trace_context else None,
         "worker_id": job.worker_id,
     }
 
@@ -132,17 +135,31 @@ class StepRecord:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    """Runs the queries. What it changes, it counts (metrics.py): every job event is written
+    by exactly one sidecar, so each is counted once in the cluster."""
+
+    def __init__(self, pool: AsyncConnectionPool, metrics: Metrics | None = None) -> None:
         self.pool = pool
+        self.metrics = metrics or Metrics()
 
     @classmethod
-    async def open(cls, url: str, max_size: int = 10) -> Store:
+    async def open(cls, url: str, max_size: int = 10, metrics: Metrics | None = None) -> Store:
         pool = AsyncConnectionPool(
             url, min_size=min(2, max_size), max_size=max_size, open=False,
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
         await pool.open(wait=True, timeout=30)
-        return cls(pool)
+        return cls(pool, metrics)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One connection in one transaction; a failed statement is counted."""
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error:
+            self.metrics.database_errors.inc()
+            raise
 
     async def close(self) -> None:
         await self.pool.close()
@@ -160,8 +177,12 @@ class Store:
                     cursor = await conn.execute(QUERIES[query], params)
                     return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
             except psycopg.OperationalError as exc:
+                self.metrics.database_errors.inc()
                 if attempt == tries or not _connection_lost(conn, exc):
                     raise
+            except psycopg.Error:
+                self.metrics.database_errors.inc()
+                raise
         raise AssertionError("unreachable")
 
     async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float) -> list[tuple[dict[str, Any], bool]]:
@@ -180,6 +201,7 @@ class Store:
         else:
             query, params = "enqueue", {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
         inserted = {row["id"]: row for row in await run(query, params)}
+        self._count_inserted(list(inserted.values()))
         skipped = [j for j in jobs if j.id not in inserted]
         if skipped:
             rows = await run("jobs_by_id_or_idempotency_key", {
@@ -199,6 +221,18 @@ class Store:
                 results.append((by_key[(job.namespace, job.idempotency_key)], True))
         return results
 
+    def _count_inserted(self, rows: list[dict[str, Any]]) -> None:
+        self.metrics.count("enqueued", rows)
+        started = [row for row in rows if row["state"] == "running"]  # started in the insert
+        if started:
+            self._count_started(started)
+
+    def _count_started(self, rows: list[dict[str, Any]]) -> None:
+        self.metrics.count("started", rows)
+        for row in rows:
+            lag = (row["claimed_at"] - row["run_at"]).total_seconds() if row.get("claimed_at") else 0.0
+            self.metrics.scheduling_lag.labels(row["namespace"], row["name"]).observe(max(lag, 0.0))
+
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         rows = await self._all("get_job", {"id": job_id, "namespace": namespace})
         return rows[0] if rows else None
@@ -212,10 +246,12 @@ class Store:
     async def claim(self, namespace: str, names: list[str], slots: list[str], lease: float,
                     sidecar_id: str) -> list[dict[str, Any]]:
         """Claim jobs of these functions that no flow control applies to, one per slot."""
-        return await self._all("claim", {
+        rows = await self._all("claim", {
             "namespace": namespace, "names": names, "slots": slots,
             "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
         })
+        self._count_started(rows)
+        return rows
 
     async def claim_limited(self, namespace: str, name: str, slots: list[str], lease: float,
                             sidecar_id: str) -> tuple[list[dict[str, Any]], float | None]:
@@ -223,7 +259,7 @@ class Store:
         every sidecar. Returns the jobs, and when a claim came back short: the seconds until a
         rate limit may let more start (None: no rate limit held jobs back)."""
         key = {"namespace": namespace, "name": name}
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(QUERIES["lock_function"], key)
             cursor = await conn.execute(QUERIES["claim_limited"], key | {
                 "slots": slots, "lease": timedelta(seconds=lease), "sidecar_id": sidecar_id,
@@ -234,6 +270,7 @@ class Store:
                 cursor = await conn.execute(QUERIES["rate_limit_wait"], key)
                 found = cast(dict[str, Any] | None, await cursor.fetchone())
                 wait = found["wait"] if found else None
+        self._count_started(rows)
         return rows, wait
 
     async def controlled_functions(self, namespace: str, names: list[str]) -> set[str]:
@@ -269,6 +306,10 @@ class Store:
             "attempt_outcome": [o.attempt_outcome for o in outcomes],
             "waiting_for": [o.waiting_for for o in outcomes],
         })
+        kinds = {(o.job_id, o.attempt): o.kind for o in outcomes}
+        self.metrics.count("succeeded", [r for r in rows if r["state"] == "success"])
+        self.metrics.count("failed", [r for r in rows if kinds[(r["id"], r["attempt"])] == "failure"])
+        self.metrics.count("dead", [r for r in rows if r["state"] == "dead"])
         return {(r["id"], r["attempt"]): r for r in rows}
 
     async def record_steps(self, steps: list[StepRecord]) -> set[tuple[uuid.UUID, str]]:
@@ -316,7 +357,7 @@ class Store:
 
     async def emit_event(self, namespace: str, name: str, payload: bytes, encoding: str) -> int:
         """Set an event and wake the jobs waiting for it; returns how many it woke."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             key = {"namespace": namespace, "name": name}
             await conn.execute(QUERIES["lock_event"], key)
             await conn.execute(QUERIES["emit_event"], key | {"payload": payload, "payload_encoding": encoding})
@@ -325,7 +366,7 @@ class Store:
 
     async def wake_if_emitted(self, namespace: str, name: str, job_id: uuid.UUID) -> bool:
         """A job has just suspended to wait for an event: wake it at once if the event is there."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             key = {"namespace": namespace, "name": name}
             await conn.execute(QUERIES["lock_event"], key)
             cursor = await conn.execute(QUERIES["wake_event_waiters"], key | {"job_id": job_id})
@@ -333,7 +374,7 @@ class Store:
 
     async def wake_if_child_done(self, namespace: str, parent_id: uuid.UUID, child_id: uuid.UUID) -> bool:
         """A parent has just suspended to await a child: wake it at once if the child has ended."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             await conn.execute(QUERIES["lock_event"], {"namespace": namespace, "name": f"job:{child_id}"})
             cursor = await conn.execute(QUERIES["wake_if_child_done"], {"parent_id": parent_id, "child_id": child_id})
             return bool(await cursor.fetchall())
@@ -345,7 +386,7 @@ class Store:
     async def delete_finished(self, age: float, limit: int) -> int | None:
         """Delete one batch of jobs finished more than `age` seconds ago; None if another
         sidecar holds the retention lock."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             cursor = await conn.execute(QUERIES["try_retention_lock"])
             locked = cast(dict[str, Any], await cursor.fetchone())
             if not locked["locked"]:
@@ -360,16 +401,24 @@ class Store:
         return {r["id"] for r in rows}
 
     async def reclaim_expired(self, limit: int, error: dict[str, Any]) -> list[dict[str, Any]]:
-        return await self._all("reclaim_expired", {"limit": limit, "error": json.dumps(error)})
+        rows = await self._all("reclaim_expired", {"limit": limit, "error": json.dumps(error)})
+        self.metrics.leases_reclaimed.inc(len(rows))
+        self.metrics.count("failed", rows)
+        self.metrics.count("dead", [r for r in rows if r["state"] == "dead"])
+        return rows
 
     async def cancel_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         """The job as cancelled, or None if it had finished (or does not exist)."""
         rows = await self._all("cancel_job", {"id": job_id, "namespace": namespace})
-        return rows[0] if rows else None
+        self.metrics.count("cancelled", rows)  # with its descendants
+        return next((row for row in rows if row["id"] == job_id), None)
 
     async def cancel_overdue(self, limit: int) -> list[dict[str, Any]]:
-        """Apply the cancellation policies to up to `limit` jobs; returns those cancelled."""
-        return await self._all("cancel_overdue", {"limit": limit})
+        """Apply the cancellation policies to up to `limit` jobs; returns those cancelled
+        because of their own policy (not their descendants)."""
+        rows = await self._all("cancel_overdue", {"limit": limit})
+        self.metrics.count("cancelled", rows)
+        return [row for row in rows if row["reason"] is not None]
 
     async def retry_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         """The job as sent back to pending, or None if it was not dead or cancelled."""
@@ -427,7 +476,7 @@ class Store:
         """Lock a schedule, compute its new settings with `change(row)` (the row carries the
         database's `now`; None: leave it as it is; raising leaves it too) and write them, in one
         transaction. Returns the schedule as it is then, or None if there is none."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             key = {"namespace": namespace, "name": name}
             cursor = await conn.execute(QUERIES["lock_schedule"], key)
             row = cast(dict[str, Any] | None, await cursor.fetchone())
@@ -448,7 +497,7 @@ class Store:
         holds), insert the jobs `plan(row)` makes for their ticks with the enqueue statement, and
         move each to its next tick. A tick whose job exists already (same idempotency key) is
         not enqueued again: it comes back as deduplicated."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._transaction() as conn:
             cursor = await conn.execute(QUERIES["lock_due_schedules"], {"limit": limit})
             rows = cast(list[dict[str, Any]], await cursor.fetchall())
             plans = [(row, plan(row)) for row in rows]
@@ -476,6 +525,42 @@ class Store:
         """Seconds until the earliest tick of any unpaused schedule (negative: due already)."""
         rows = await self._all("next_schedule_in", {})
         return cast(float | None, rows[0]["wait"])
+
+
+    # -- operations: workers, activity, statistics ------------------------------------------
+
+    async def register_worker(self, worker_id: str, sidecar_id: str, namespace: str, worker_name: str, sdk: str,
+                              names: list[str], concurrency: int, ttl: float) -> None:
+        await self._all("register_worker", {
+            "id": worker_id, "sidecar_id": sidecar_id, "namespace": namespace, "worker_name": worker_name,
+            "sdk": sdk, "names": names, "concurrency": concurrency, "ttl": timedelta(seconds=ttl)})
+
+    async def touch_workers(self, workers: list[tuple[str, int, bool]], ttl: float) -> None:
+        """(worker id, jobs in flight, draining) of this sidecar's workers, still connected."""
+        await self._all("touch_workers", {
+            "id": [w[0] for w in workers], "in_flight": [w[1] for w in workers], "draining": [w[2] for w in workers],
+            "ttl": timedelta(seconds=ttl)})
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._all("remove_worker", {"id": worker_id})
+
+    async def delete_expired_workers(self) -> int:
+        return len(await self._all("delete_expired_workers", {}))
+
+    async def list_workers(self, namespace: str | None) -> list[dict[str, Any]]:
+        return await self._all("list_workers", {"namespace": namespace})
+
+    async def add_activity(self, rows: list[dict[str, Any]]) -> None:
+        await self._all("add_activity", {column: [row[column] for row in rows] for column in rows[0]})
+
+    async def delete_old_activity(self) -> None:
+        await self._all("delete_old_activity", {})
+
+    async def function_stats(self, namespace: str | None, window: float) -> list[dict[str, Any]]:
+        return await self._all("function_stats", {"namespace": namespace, "window": timedelta(seconds=window)})
+
+    async def database_info(self) -> dict[str, Any]:
+        return (await self._all("database_info", {}))[0]
 
 
 Runner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]

@@ -61,6 +61,7 @@ class NewJob:
     concurrency_key: str | None = None
     start_within: float | None = None  # the cancellation policies, in seconds
     max_duration: float | None = None
+    trace_context: dict[str, str] | None = None
     # Set by the scheduler: a worker of this sidecar that starts the job as it is inserted.
     worker_id: str | None = None
 
@@ -148,6 +149,7 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
     if concurrency_key is not None and (len(concurrency_key) > MAX_KEY_LENGTH or _CONTROL.search(concurrency_key)):
         raise InvalidArgument("concurrency_key", f"must be at most {MAX_KEY_LENGTH} characters, no control characters")
     return NewJob(
+        trace_context=trace_context(dict(request.trace_context)) or None,
         concurrency_key=concurrency_key,
         start_within=(round(seconds(request.start_within, "start_within", allow_zero=False), 3)
                       if request.HasField("start_within") else None),
@@ -167,6 +169,18 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
         timeout=round(seconds(request.timeout, "timeout", allow_zero=False), 3) if request.HasField("timeout") else DEFAULT_TIMEOUT,
         delay=round(seconds(request.delay, "delay"), 3) if request.HasField("delay") else 0.0,
     )
+
+
+MAX_TRACE_ENTRIES, MAX_TRACE_TEXT = 8, 512
+
+
+def trace_context(entries: dict[str, str], field: str = "trace_context") -> dict[str, str]:
+    if len(entries) > MAX_TRACE_ENTRIES:
+        raise InvalidArgument(field, f"has {len(entries)} entries; at most {MAX_TRACE_ENTRIES}")
+    for key, value in entries.items():
+        if not key or len(key) > MAX_TRACE_TEXT or len(value) > MAX_TRACE_TEXT:
+            raise InvalidArgument(field, f"entry {key[:80]!r}: keys and values up to {MAX_TRACE_TEXT} characters")
+    return entries
 
 
 def job_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:

@@ -347,3 +347,27 @@ async def test_concurrency_key__held_by_a_job_whose_sidecar_died_until_its_lease
     assert outcomes(first_details) == ["lease_expired", "succeeded"]
     assert outcomes(second_details) == ["succeeded"]
     assert [e.job_id for e in rescuer.journal() if e.event == "start"] == [first.id, second.id]
+
+
+async def test_workers__of_a_killed_sidecar_leave_the_list_when_their_entry_expires(perdured, app) -> None:
+    import grpc
+
+    from perdure.v1 import admin_pb2, admin_pb2_grpc
+
+    doomed = perdured("--lease", "1")
+    survivor = perdured("--lease", "1")
+    await app(doomed.address, "e2e:echo")
+    async with grpc.aio.insecure_channel(survivor.address) as channel:
+        admin = admin_pb2_grpc.AdminStub(channel)
+
+        async def listed() -> list[str]:
+            return [w.sidecar_id for w in (await admin.ListWorkers(admin_pb2.ListWorkersRequest())).workers]
+
+        [sidecar_id] = await listed()
+        doomed.kill()  # nobody removes the entry: it expires
+        await eventually(lambda: _empty(listed()), "the dead sidecar's worker to expire")
+    assert sidecar_id != ""
+
+
+async def _empty(listing: Any) -> bool:
+    return not await listing

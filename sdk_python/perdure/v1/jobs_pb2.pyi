@@ -93,6 +93,26 @@ class EnqueueRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
@@ -107,6 +127,7 @@ class EnqueueRequest(_message.Message):
     CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
     START_WITHIN_FIELD_NUMBER: _builtins.int
     MAX_DURATION_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default". Letters, digits and . _ : - ; at most 128 characters."""
     name: _builtins.str
@@ -156,6 +177,12 @@ class EnqueueRequest(_message.Message):
         whatever it is doing then (running, suspended or waiting for a retry).
         """
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's trace context (W3C `traceparent`, `tracestate`), handed to the handler with
+        every attempt so that its spans join the caller's trace. At most 8 entries of 512 characters.
+        """
+
     def __init__(
         self,
         *,
@@ -173,10 +200,11 @@ class EnqueueRequest(_message.Message):
         concurrency_key: _builtins.str = ...,
         start_within: _duration_pb2.Duration | None = ...,
         max_duration: _duration_pb2.Duration | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "max_duration", b"max_duration", "payload", b"payload", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "delay", b"delay", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "delay", b"delay", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,15 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from perdure.v1 import types_pb2 as perdure_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18perdure/v1/workers.proto\x12\nperdure.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16perdure/v1/types.proto\"\xbe\x02\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.perdure.v1.RegisterH\x00\x12&\n\x07outcome\x18\x02 \x01(\x0b\x32\x13.perdure.v1.OutcomeH\x00\x12\"\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x11.perdure.v1.DrainH\x00\x12-\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x16.perdure.v1.RecordStepH\x00\x12*\n\theartbeat\x18\x05 \x01(\x0b\x32\x15.perdure.v1.HeartbeatH\x00\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1a.perdure.v1.ReportProgressH\x00\x12$\n\x03log\x18\x07 \x01(\x0b\x32\x15.perdure.v1.ReportLogH\x00\x42\x06\n\x04kind\"\xf4\x01\n\x0eSidecarMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.perdure.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.perdure.v1.AssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.perdure.v1.CancelAssignmentH\x00\x12%\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x16.perdure.v1.OutcomeAckH\x00\x12\'\n\x08step_ack\x18\x05 \x01(\x0b\x32\x13.perdure.v1.StepAckH\x00\x42\x06\n\x04kind\"\x8f\x01\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x13\n\x0bworker_name\x18\x04 \x01(\t\x12\x0b\n\x03sdk\x18\x05 \x01(\t\x12*\n\x06limits\x18\x06 \x03(\x0b\x32\x1a.perdure.v1.FunctionLimits\"\xbf\x01\n\x0e\x46unctionLimits\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x1c\n\x0fkey_concurrency\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12)\n\nrate_limit\x18\x04 \x01(\x0b\x32\x15.perdure.v1.RateLimit\x12-\n\x0ekey_rate_limit\x18\x05 \x01(\x0b\x32\x15.perdure.v1.RateLimitB\x12\n\x10_key_concurrency\"E\n\tRateLimit\x12\r\n\x05limit\x18\x01 \x01(\x05\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x07\n\x05\x44rain\"3\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsidecar_id\x18\x02 \x01(\t\"\xec\x01\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12$\n\x07payload\x18\x05 \x01(\x0b\x32\x13.perdure.v1.Payload\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x1f\n\x05steps\x18\t \x03(\x0b\x32\x10.perdure.v1.Step\"]\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.perdure.v1.CancelReason\"\x0b\n\tCancelled\"\xd9\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x07success\x18\x03 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x12*\n\tcancelled\x18\x05 \x01(\x0b\x32\x15.perdure.v1.CancelledH\x00\x12&\n\x07suspend\x18\x06 \x01(\x0b\x32\x13.perdure.v1.SuspendH\x00\x42\x08\n\x06result\"C\n\x07Suspend\x12)\n\x05until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\"d\n\nOutcomeAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.perdure.v1.JobState\"\x94\x01\n\nRecordStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x42\t\n\x07outcome\"J\n\x07StepAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08recorded\x18\x04 \x01(\x08\",\n\tHeartbeat\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"Y\n\x0eReportProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.perdure.v1.Progress\"B\n\tReportLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06record\x18\x02 \x01(\x0b\x32\x15.perdure.v1.LogRecord*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_CANCELLED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04\x32L\n\x07Workers\x12\x41\n\x04Work\x12\x19.perdure.v1.WorkerMessage\x1a\x1a.perdure.v1.SidecarMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18perdure/v1/workers.proto\x12\nperdure.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16perdure/v1/types.proto\"\xbe\x02\n\rWorkerMessage\x12(\n\x08register\x18\x01 \x01(\x0b\x32\x14.perdure.v1.RegisterH\x00\x12&\n\x07outcome\x18\x02 \x01(\x0b\x32\x13.perdure.v1.OutcomeH\x00\x12\"\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x11.perdure.v1.DrainH\x00\x12-\n\x0brecord_step\x18\x04 \x01(\x0b\x32\x16.perdure.v1.RecordStepH\x00\x12*\n\theartbeat\x18\x05 \x01(\x0b\x32\x15.perdure.v1.HeartbeatH\x00\x12.\n\x08progress\x18\x06 \x01(\x0b\x32\x1a.perdure.v1.ReportProgressH\x00\x12$\n\x03log\x18\x07 \x01(\x0b\x32\x15.perdure.v1.ReportLogH\x00\x42\x06\n\x04kind\"\xf4\x01\n\x0eSidecarMessage\x12,\n\nregistered\x18\x01 \x01(\x0b\x32\x16.perdure.v1.RegisteredH\x00\x12,\n\nassignment\x18\x02 \x01(\x0b\x32\x16.perdure.v1.AssignmentH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.perdure.v1.CancelAssignmentH\x00\x12%\n\x03\x61\x63k\x18\x04 \x01(\x0b\x32\x16.perdure.v1.OutcomeAckH\x00\x12\'\n\x08step_ack\x18\x05 \x01(\x0b\x32\x13.perdure.v1.StepAckH\x00\x42\x06\n\x04kind\"\x8f\x01\n\x08Register\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\x05\x12\x13\n\x0bworker_name\x18\x04 \x01(\t\x12\x0b\n\x03sdk\x18\x05 \x01(\t\x12*\n\x06limits\x18\x06 \x03(\x0b\x32\x1a.perdure.v1.FunctionLimits\"\xbf\x01\n\x0e\x46unctionLimits\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x1c\n\x0fkey_concurrency\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12)\n\nrate_limit\x18\x04 \x01(\x0b\x32\x15.perdure.v1.RateLimit\x12-\n\x0ekey_rate_limit\x18\x05 \x01(\x0b\x32\x15.perdure.v1.RateLimitB\x12\n\x10_key_concurrency\"E\n\tRateLimit\x12\r\n\x05limit\x18\x01 \x01(\x05\x12)\n\x06period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x07\n\x05\x44rain\"3\n\nRegistered\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nsidecar_id\x18\x02 \x01(\t\"\xe2\x02\n\nAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12$\n\x07payload\x18\x05 \x01(\x0b\x32\x13.perdure.v1.Payload\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12\x11\n\tparent_id\x18\x08 \x01(\t\x12\x1f\n\x05steps\x18\t \x03(\x0b\x32\x10.perdure.v1.Step\x12?\n\rtrace_context\x18\n \x03(\x0b\x32(.perdure.v1.Assignment.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x10\x43\x61ncelAssignment\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12(\n\x06reason\x18\x03 \x01(\x0e\x32\x18.perdure.v1.CancelReason\"\x0b\n\tCancelled\"\xd9\x01\n\x07Outcome\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x07success\x18\x03 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12\'\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x12*\n\tcancelled\x18\x05 \x01(\x0b\x32\x15.perdure.v1.CancelledH\x00\x12&\n\x07suspend\x18\x06 \x01(\x0b\x32\x13.perdure.v1.SuspendH\x00\x42\x08\n\x06result\"C\n\x07Suspend\x12)\n\x05until\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65vent\x18\x02 \x01(\t\"d\n\nOutcomeAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08recorded\x18\x03 \x01(\x08\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.perdure.v1.JobState\"\x94\x01\n\nRecordStep\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x06result\x18\x04 \x01(\x0b\x32\x13.perdure.v1.PayloadH\x00\x12%\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x14.perdure.v1.JobErrorH\x00\x42\t\n\x07outcome\"J\n\x07StepAck\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08recorded\x18\x04 \x01(\x08\",\n\tHeartbeat\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"Y\n\x0eReportProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12&\n\x08progress\x18\x03 \x01(\x0b\x32\x14.perdure.v1.Progress\"B\n\tReportLog\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x06record\x18\x02 \x01(\x0b\x32\x15.perdure.v1.LogRecord*\x9f\x01\n\x0c\x43\x61ncelReason\x12\x1d\n\x19\x43\x41NCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_REASON_TIMEOUT\x10\x01\x12\x1b\n\x17\x43\x41NCEL_REASON_CANCELLED\x10\x02\x12\x1a\n\x16\x43\x41NCEL_REASON_SHUTDOWN\x10\x03\x12\x1c\n\x18\x43\x41NCEL_REASON_LEASE_LOST\x10\x04\x32L\n\x07Workers\x12\x41\n\x04Work\x12\x19.perdure.v1.WorkerMessage\x1a\x1a.perdure.v1.SidecarMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'perdure.v1.workers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CANCELREASON']._serialized_start=2341
-  _globals['_CANCELREASON']._serialized_end=2500
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_CANCELREASON']._serialized_start=2459
+  _globals['_CANCELREASON']._serialized_end=2618
   _globals['_WORKERMESSAGE']._serialized_start=130
   _globals['_WORKERMESSAGE']._serialized_end=448
   _globals['_SIDECARMESSAGE']._serialized_start=451
@@ -51,27 +53,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERED']._serialized_start=1117
   _globals['_REGISTERED']._serialized_end=1168
   _globals['_ASSIGNMENT']._serialized_start=1171
-  _globals['_ASSIGNMENT']._serialized_end=1407
-  _globals['_CANCELASSIGNMENT']._serialized_start=1409
-  _globals['_CANCELASSIGNMENT']._serialized_end=1502
-  _globals['_CANCELLED']._serialized_start=1504
-  _globals['_CANCELLED']._serialized_end=1515
-  _globals['_OUTCOME']._serialized_start=1518
-  _globals['_OUTCOME']._serialized_end=1735
-  _globals['_SUSPEND']._serialized_start=1737
-  _globals['_SUSPEND']._serialized_end=1804
-  _globals['_OUTCOMEACK']._serialized_start=1806
-  _globals['_OUTCOMEACK']._serialized_end=1906
-  _globals['_RECORDSTEP']._serialized_start=1909
-  _globals['_RECORDSTEP']._serialized_end=2057
-  _globals['_STEPACK']._serialized_start=2059
-  _globals['_STEPACK']._serialized_end=2133
-  _globals['_HEARTBEAT']._serialized_start=2135
-  _globals['_HEARTBEAT']._serialized_end=2179
-  _globals['_REPORTPROGRESS']._serialized_start=2181
-  _globals['_REPORTPROGRESS']._serialized_end=2270
-  _globals['_REPORTLOG']._serialized_start=2272
-  _globals['_REPORTLOG']._serialized_end=2338
-  _globals['_WORKERS']._serialized_start=2502
-  _globals['_WORKERS']._serialized_end=2578
+  _globals['_ASSIGNMENT']._serialized_end=1525
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_start=1474
+  _globals['_ASSIGNMENT_TRACECONTEXTENTRY']._serialized_end=1525
+  _globals['_CANCELASSIGNMENT']._serialized_start=1527
+  _globals['_CANCELASSIGNMENT']._serialized_end=1620
+  _globals['_CANCELLED']._serialized_start=1622
+  _globals['_CANCELLED']._serialized_end=1633
+  _globals['_OUTCOME']._serialized_start=1636
+  _globals['_OUTCOME']._serialized_end=1853
+  _globals['_SUSPEND']._serialized_start=1855
+  _globals['_SUSPEND']._serialized_end=1922
+  _globals['_OUTCOMEACK']._serialized_start=1924
+  _globals['_OUTCOMEACK']._serialized_end=2024
+  _globals['_RECORDSTEP']._serialized_start=2027
+  _globals['_RECORDSTEP']._serialized_end=2175
+  _globals['_STEPACK']._serialized_start=2177
+  _globals['_STEPACK']._serialized_end=2251
+  _globals['_HEARTBEAT']._serialized_start=2253
+  _globals['_HEARTBEAT']._serialized_end=2297
+  _globals['_REPORTPROGRESS']._serialized_start=2299
+  _globals['_REPORTPROGRESS']._serialized_end=2388
+  _globals['_REPORTLOG']._serialized_start=2390
+  _globals['_REPORTLOG']._serialized_end=2456
+  _globals['_WORKERS']._serialized_start=2620
+  _globals['_WORKERS']._serialized_end=2696
 # @@protoc_insertion_point(module_scope)

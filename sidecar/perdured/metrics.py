@@ -1,0 +1,117 @@
+"""What a sidecar counts.
+
+Every job event this sidecar causes (an enqueue, a start, an outcome, a reclaim, a
+cancellation) is counted once, by the Store that wrote it, into two places:
+
+- Prometheus metrics of this sidecar (`--metrics-listen`), which Prometheus sums across
+  sidecars;
+- per-minute activity per function, added to `perdure.activity` every few seconds, from
+  which every sidecar answers cluster-wide statistics without reading finished jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from perdured.logs import log
+
+# The events counted per function, and the activity columns they add to.
+EVENTS = ("enqueued", "started", "succeeded", "failed", "dead", "cancelled")
+FLUSH_INTERVAL = 5.0  # seconds between additions to perdure.activity
+LABELS = ("namespace", "function")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self._events = {
+            "enqueued": Counter("perdure_jobs_enqueued", "Jobs enqueued.", LABELS, registry=registry),
+            "started": Counter("perdure_attempts_started", "Attempts started (claims, resumptions included).",
+                               LABELS, registry=registry),
+            "succeeded": Counter("perdure_jobs_succeeded", "Jobs that succeeded.", LABELS, registry=registry),
+            "failed": Counter("perdure_attempts_failed", "Attempts that failed (retried or not).", LABELS,
+                              registry=registry),
+            "dead": Counter("perdure_jobs_dead", "Jobs that died (attempts used up, or non-retryable).",
+                            LABELS, registry=registry),
+            "cancelled": Counter("perdure_jobs_cancelled", "Jobs cancelled (by a call or a policy).", LABELS,
+                                 registry=registry),
+        }
+        self.attempt_duration = Histogram(
+            "perdure_attempt_duration_seconds", "From assignment to the worker's outcome.",
+            (*LABELS, "outcome"), registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900))
+        self.scheduling_lag = Histogram(
+            "perdure_scheduling_lag_seconds", "From a job's run time to its claim.", LABELS, registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+        self.queue_depth = Gauge("perdure_queue_depth", "Jobs pending, running or suspended (cluster-wide).",
+                                 (*LABELS, "state"), registry=registry)
+        self.leases_reclaimed = Counter("perdure_leases_reclaimed", "Expired leases this sidecar reclaimed.",
+                                        registry=registry)
+        self.workers_connected = Gauge("perdure_workers_connected", "Workers connected to this sidecar.",
+                                       registry=registry)
+        self.database_errors = Counter("perdure_database_errors", "Statements that failed.", registry=registry)
+        self._activity: Tally[tuple[str, str, datetime, str]] = Tally()
+
+    def count(self, event: str, rows: list[dict[str, object]] | None = None, *, namespace: str = "",
+              name: str = "", n: int = 1) -> None:
+        """Count `event` once per row (each with a namespace and name), or `n` times for one function."""
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        pairs = [(str(r["namespace"]), str(r["name"])) for r in rows] if rows is not None else [(namespace, name)] * n
+        for key in pairs:
+            self._events[event].labels(*key).inc()
+            self._activity[(*key, minute, event)] += 1
+
+    def serve(self, listen: str) -> Callable[[], None]:
+        """Expose /metrics over HTTP (a thread of prometheus_client); returns how to stop it."""
+        host, _, port = listen.rpartition(":")
+        server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        return stop
+
+    def take_activity(self) -> list[dict[str, object]]:
+        """The counts gathered since the last call, one row per function and minute (in key order,
+        so that concurrent additions from several sidecars lock rows in the same order)."""
+        taken, self._activity = self._activity, Tally()
+        rows: dict[tuple[str, str, datetime], dict[str, object]] = {}
+        for (namespace, name, minute, event), count in sorted(taken.items()):
+            row = rows.setdefault((namespace, name, minute), {
+                "namespace": namespace, "name": name, "minute": minute, **dict.fromkeys(EVENTS, 0)})
+            row[event] = count
+        return list(rows.values())
+
+    def give_back(self, rows: list[dict[str, object]]) -> None:
+        """Counts that could not be written: keep them for the next addition."""
+        for row in rows:
+            for event in EVENTS:
+                if row[event]:
+                    minute = row["minute"]
+                    assert isinstance(minute, datetime)
+                    self._activity[(str(row["namespace"]), str(row["name"]), minute, event)] += int(str(row[event]))
+
+
+async def add_activity_forever(metrics: Metrics, write: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
+    """Every few seconds, add what this sidecar counted to perdure.activity."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        rows = metrics.take_activity()
+        if not rows:
+            continue
+        try:
+            await write(rows)
+        except asyncio.CancelledError:
+            metrics.give_back(rows)
+            raise
+        except Exception as exc:
+            metrics.give_back(rows)
+            log.error("activity.write_failed", error=str(exc))
