@@ -8,7 +8,7 @@ import sys
 
 from perdured import logs
 from perdured.config import build_parser, settings_from
-from perdured.migrate import SchemaMismatch, SchemaTooNew
+from perdured.migrate import MigrationPermissionError, SchemaMismatch, SchemaTooNew
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_migrations())
         else:
             asyncio.run(serve(settings))
-    except (SchemaTooNew, SchemaMismatch) as exc:
+    except (SchemaTooNew, SchemaMismatch, MigrationPermissionError) as exc:
         logs.log.error("database.schema_refused", error=str(exc))
         sys.exit(f"perdured: {exc}")
     except KeyboardInterrupt:

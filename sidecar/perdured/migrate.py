@@ -24,6 +24,10 @@ class SchemaMismatch(RuntimeError):
     """A migration file differs from the one applied to the database."""
 
 
+class MigrationPermissionError(RuntimeError):
+    """Migrations are due, but this role may not change the schema."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -54,6 +58,18 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return found
 
 
+async def _up_to_date(conn: psycopg.AsyncConnection, migrations: list[Migration]) -> bool:
+    """True when every migration is applied, unchanged, and none newer: read-only checks."""
+    async with conn.transaction():
+        cursor = await conn.execute("SELECT to_regclass('perdure.schema_migrations') IS NOT NULL")
+        row = await cursor.fetchone()
+        if not row or not row[0]:
+            return False
+        cursor = await conn.execute("SELECT version, checksum FROM perdure.schema_migrations")
+        applied = dict(await cursor.fetchall())
+    return applied == {m.version: m.checksum for m in migrations}
+
+
 async def migrate(conn: psycopg.AsyncConnection, migrations: list[Migration] | None = None) -> list[int]:
     """Apply what is missing, all in one transaction; returns the versions applied now.
 
@@ -62,9 +78,19 @@ async def migrate(conn: psycopg.AsyncConnection, migrations: list[Migration] | N
     """
     migrations = load_migrations() if migrations is None else migrations
     latest = migrations[-1].version if migrations else 0
+    if await _up_to_date(conn, migrations):
+        # Nothing to change: no DDL at all, so a role that may only read and write the tables
+        # (the least privilege for a sidecar) starts fine.
+        return []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await conn.execute("CREATE SCHEMA IF NOT EXISTS perdure")
+        try:
+            await conn.execute("CREATE SCHEMA IF NOT EXISTS perdure")
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise MigrationPermissionError(
+                f"the schema needs migrations up to version {latest}, but this role cannot change it ({exc}); "
+                f"run `perdured migrate` as a role that can, then start the sidecars"
+            ) from None
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS perdure.schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
