@@ -26,6 +26,6 @@ ENV PYTHONUNBUFFERED=1 \
 VOLUME ["/var/lib/perdure"]
 EXPOSE 7433
 # The standard gRPC health service, asked from inside the container.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD ["python", "-c", "import os, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel(os.environ['PERDURE_LISTEN'].replace('0.0.0.0', '127.0.0.1')); r = g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2); raise SystemExit(r.status != h.HealthCheckResponse.SERVING)"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["perdured", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["perdured"]

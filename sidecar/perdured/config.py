@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"{text} [{env}; default: {default}]")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--exit-with-stdin", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve",
-                        help="serve (the default) or migrate: apply the schema and exit.")
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate", "health"], default="serve",
+                        help="serve (the default); migrate: apply the schema and exit; health: exit 0 if the "
+                             "sidecar at --listen is serving, 1 if not (for container health checks).")
     return parser
 
 

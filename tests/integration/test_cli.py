@@ -52,3 +52,28 @@ def test_bad_settings__exit_with_a_one_line_message() -> None:
     assert done.returncode != 0 and "--log-format must be json or console" in done.stderr
     done = perdured("--lease", "-3")
     assert done.returncode != 0 and "--lease" in done.stderr
+
+
+async def test_health__exits_0_for_a_serving_sidecar_and_1_for_none(sidecar) -> None:
+    import asyncio
+
+    serving = await asyncio.to_thread(perdured, "health", "--listen", sidecar.address)
+    assert serving.returncode == 0, serving.stderr
+    assert "SERVING" in serving.stdout
+    with socket_closed() as address:
+        missing = await asyncio.to_thread(perdured, "health", "--listen", address)
+    assert missing.returncode == 1
+    assert "is not answering" in missing.stderr and "Traceback" not in missing.stderr
+
+
+class socket_closed:
+    """An address where nothing listens."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return f"127.0.0.1:{probe.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None: ...

@@ -45,3 +45,13 @@ def test_bad_values__are_refused_with_the_name_of_the_setting() -> None:
         settings(["--log-format", "xml"])
     with pytest.raises(SystemExit):
         settings(["--lease", "0"])
+
+
+def test_readme__lists_every_flag_and_variable() -> None:
+    from pathlib import Path
+
+    from perdured.config import _OPTIONS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [f"{flag} / {env}" for flag, env, _, _ in _OPTIONS if f"| `{flag}` | `{env}` |" not in readme]
+    assert not missing, f"the README's table of settings lacks {missing}"
