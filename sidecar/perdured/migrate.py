@@ -66,7 +66,7 @@ async def _up_to_date(conn: psycopg.AsyncConnection, migrations: list[Migration]
         if not row or not row[0]:
             return False
         cursor = await conn.execute("SELECT version, checksum FROM perdure.schema_migrations")
-        applied = dict(await cursor.fetchall())
+        applied: dict[int, str] = dict(await cursor.fetchall())
     return applied == {m.version: m.checksum for m in migrations}
 
 
