@@ -34,3 +34,34 @@ async def test_order_fulfilment__ships_what_is_in_stock_and_backorders_the_rest(
     for order in details:
         assert {child.name for child in order.children} >= {"payments:charge", "inventory:reserve"}
         assert order.progress is not None and order.logs[0].message.startswith("fulfilling")
+
+
+async def test_email_send__retries_until_the_mail_server_accepts(sidecar, monkeypatch) -> None:
+    monkeypatch.setenv("PERDURE_ADDRESS", sidecar.address)
+    example = load("email_send")
+    outcome = await example.main()
+    assert outcome["outcomes"] == ["failed", "failed", "succeeded"]
+    assert outcome["result"]["attempt"] == 3 and example.sent == [("user@example.com", "Welcome!")]
+
+
+async def test_payment__charged_once_for_two_requests(sidecar, monkeypatch) -> None:
+    monkeypatch.setenv("PERDURE_ADDRESS", sidecar.address)
+    example = load("payment_idempotency")
+    outcome = await example.main()
+    assert outcome["first"] == outcome["again"] and outcome["deduplicated"]
+    assert outcome["result"] == {"invoice": "inv-7", "charged": 4200} and len(example.provider_charges) == 1
+
+
+async def test_cron__runs_on_its_schedule_and_is_deleted_afterwards(sidecar, monkeypatch) -> None:
+    monkeypatch.setenv("PERDURE_ADDRESS", sidecar.address)
+    example = load("cron_cleanup")
+    outcome = await example.main()
+    assert outcome["runs"] >= 2 and outcome["jobs"] >= 2
+    async with Perdure(address=sidecar.address) as client:
+        assert await client.schedules.list() == []
+
+
+async def test_approval__waits_suspended_for_the_event_then_pays(sidecar, monkeypatch) -> None:
+    monkeypatch.setenv("PERDURE_ADDRESS", sidecar.address)
+    example = load("approval")
+    assert await example.main() == {"report": "exp-12", "status": "paid", "by": "dana"}
