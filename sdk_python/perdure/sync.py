@@ -297,7 +297,9 @@ class Perdure:
             return
 
         async def in_thread(info: JobEvent) -> None:
-            await asyncio.to_thread(callback, info)
+            outcome = await asyncio.to_thread(callback, info)
+            if inspect.isawaitable(outcome):
+                await outcome
 
         self._async.on(event, in_thread)
 

@@ -371,6 +371,19 @@ def test_sync_context__wait_for_event_times_out(make_sync) -> None:
     assert caught.value.error_type == f"{EventTimeoutError.__module__}.{EventTimeoutError.__qualname__}"
 
 
+async def test_sync_context__works_in_plain_handlers_of_the_async_client(make_client) -> None:
+    perdure = make_client()
+    runs: list[int] = []
+
+    @perdure.durable("async:client:plain")
+    def plain(x: int) -> int:
+        return context().step("triple", lambda: runs.append(x) or 3 * x)
+
+    async with perdure:
+        assert await (await plain(7)).result(timeout=WAIT) == 21
+    assert runs == [7]
+
+
 def test_child_jobs__a_plain_handler_spawns_and_awaits_them_suspended(make_sync) -> None:
     perdure = make_sync(worker_concurrency=1)  # the parent must free its slot for its child
     children: list[str] = []
