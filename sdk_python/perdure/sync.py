@@ -196,6 +196,9 @@ class Perdure:
             raise PerdureError(f"the worker stopped: {worker.exception()!r}") from worker.exception()
 
     def _close(self, *, wait: bool) -> None:
+        if self._runner is not None and self._runner.in_loop_thread():
+            raise PerdureError("close() was called on the client's own event loop, where it would wait for "
+                               "itself: close the client from the code that started it")
         with self._lock:
             runner, closed, self._closed = self._runner, self._closed, True
         if closed:
@@ -206,9 +209,6 @@ class Perdure:
             if runner is None or os.getpid() != runner.pid:
                 return  # never started, or started in the process this one was forked from
             atexit.unregister(self._close_at_exit)
-            if runner.in_loop_thread():
-                raise PerdureError("close() was called on the client's own event loop, where it would wait for "
-                                   "itself: close the client from the code that started it")
             runner.shutdown(self._async.stop(), timeout=self.shutdown_grace + _CLOSE_MARGIN)
         finally:
             self._close_done.set()

@@ -425,12 +425,18 @@ def test_async_handler__awaits_the_async_api_and_is_stopped_from_blocking_its_lo
     async def blocks_context() -> None:
         context().sleep(1)
 
+    @perdure.durable("closes", max_attempts=1)
+    async def closes() -> None:
+        perdure.close()
+
     with perdure:
         assert outer(5).result(timeout=WAIT) == 15
-        for function, message in ((blocks, "would wait for itself"), (blocks_context, "plain def handlers")):
+        for function, message in ((blocks, "would wait for itself"), (blocks_context, "plain def handlers"),
+                                  (closes, "would wait for itself")):
             with pytest.raises(JobDeadError) as caught:
                 function().result(timeout=WAIT)
             assert message in caught.value.error_message
+        assert outer(1).result(timeout=WAIT) == 3  # still open
 
 
 def test_callbacks__plain_ones_run_in_a_thread_and_may_use_the_client(make_sync) -> None:
