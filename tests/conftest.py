@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -117,6 +118,29 @@ async def sidecar(database_url: str) -> AsyncIterator[Sidecar]:
     sidecar = await start_sidecar(database_url)
     yield sidecar
     await sidecar.stop()
+
+
+@pytest.fixture(scope="session")
+def threaded_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop in a background thread, for the whole session. Not closed before its end:
+    gRPC may still hand it events of the calls cancelled when a sidecar stops."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-threaded-loop", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+@pytest.fixture
+def threaded_sidecar(database_url: str, threaded_loop: asyncio.AbstractEventLoop) -> Iterator[Sidecar]:
+    """A real sidecar served from this test process on an event loop of its own, in a background
+    thread, for plain (not async) tests: while one runs, the session's event loop, which serves
+    the `sidecar` fixture, does not."""
+    sidecar = asyncio.run_coroutine_threadsafe(start_sidecar(database_url), threaded_loop).result(60)
+    yield sidecar
+    asyncio.run_coroutine_threadsafe(sidecar.stop(), threaded_loop).result(60)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@
     async with perdure:
         handle = await send_email("user@example.com", "Welcome!")
         print(await handle.result())
+
+For code without an event loop (Flask, Django, scripts), `perdure.sync` is the same API, blocking.
 """
 
 from perdure._client import DurableFunction, Perdure

@@ -68,18 +68,21 @@ class Perdure:
 
     # -- lifetime -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        if self._channel is not None:
-            return
-        if self._sidecar is not None:
-            self.address = await self._sidecar.start()
-        assert self.address
-        self._channel = grpc.aio.insecure_channel(self.address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ])
-        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
-        if self._functions:
+    async def start(self, *, serve: bool = True) -> None:
+        """Connect to the sidecar (spawning one if need be) and serve this process's durable
+        functions. With `serve=False` the process only enqueues and reads, although it defines
+        durable functions: a web process whose jobs run in worker processes. A later `start()`
+        serves them."""
+        if self._channel is None:
+            if self._sidecar is not None:
+                self.address = await self._sidecar.start()
+            assert self.address
+            self._channel = grpc.aio.insecure_channel(self.address, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+            ])
+            self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        if serve and self._functions and self._worker is None:
             # Only a process with handlers takes work, and only for the names it has.
             handlers = {name: fn.fn for name, fn in self._functions.items()}
             limits = [fn.limits.message(name) for name, fn in self._functions.items() if fn.limits.declared]
@@ -87,7 +90,7 @@ class Perdure:
                                   concurrency=self.worker_concurrency, emit=self._emit,
                                   get_event=self._get_event)
             self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
-        await self._create_schedules()
+            await self._create_schedules()
 
     async def stop(self) -> None:
         if self._worker is not None and self._worker_task is not None:
@@ -154,8 +157,8 @@ class Perdure:
                 raise TypeError(f"durable({name!r}) must decorate a function, got {fn!r}")
             if name in self._functions:
                 raise ValueError(f"a durable function named {name!r} is already registered")
-            if self._channel is not None:
-                raise PerdureError(f"define durable function {name!r} before starting Perdure")
+            if self._worker is not None:
+                raise PerdureError(f"define durable function {name!r} before Perdure starts serving")
             durable = DurableFunction(self, name, fn, options, limits)
             durable.schedule = spec
             self._functions[name] = durable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import time
@@ -28,7 +29,8 @@ class JobContext:
 
     def __init__(self, *, job_id: str, name: str, namespace: str, attempt: int, max_attempts: int,
                  recorded: dict[str, Any], record: Recorder,
-                 send: Callable[[workers_pb2.WorkerMessage], None], get_event: EventLookup) -> None:
+                 send: Callable[[workers_pb2.WorkerMessage], None], get_event: EventLookup,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.job_id = job_id
         self.name = name
         self.namespace = namespace
@@ -38,6 +40,9 @@ class JobContext:
         self._record = record
         self._send = send
         self._get_event = get_event
+        # The event loop the worker runs on: a plain `def` handler's thread hands the durable
+        # operations to it (perdure.sync.context()).
+        self._loop = loop
         self._seen: dict[str, int] = {}
         self.log = JobLog(self)
         """`ctx.log.info("...")` (and debug, warning, error): kept with the job, streamed to watchers."""
@@ -66,9 +71,7 @@ class JobContext:
         returned. A step that raises is recorded as failed for this attempt, and the error
         propagates. A name used again in one run gets its own checkpoint: "fetch", "fetch#2"...
         """
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"a step needs a non-empty name, got {name!r}")
-        key = self._checkpoint(name)
+        key = self._step_key(name)
         if key in self._recorded:
             return self._recorded[key]
         try:
@@ -76,8 +79,21 @@ class JobContext:
             if inspect.isawaitable(value):
                 value = await value
         except Exception as exc:
-            await self._record(key, None, types_pb2.JobError(type=type(exc).__qualname__, message=str(exc)))
+            await self._step_failed(key, exc)
             raise
+        return await self._step_succeeded(key, value)
+
+    # The parts of a step, shared with the blocking step of perdure.sync.
+
+    def _step_key(self, name: str) -> str:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a step needs a non-empty name, got {name!r}")
+        return self._checkpoint(name)
+
+    async def _step_failed(self, key: str, exc: Exception) -> None:
+        await self._record(key, None, types_pb2.JobError(type=type(exc).__qualname__, message=str(exc)))
+
+    async def _step_succeeded(self, key: str, value: Any) -> Any:
         try:
             payload = _serde.encode_result(value)
         except (TypeError, ValueError) as exc:

@@ -140,6 +140,7 @@ class Worker:
             record=functools.partial(self._record_step, assignment.job_id, assignment.attempt),
             send=self._post,
             get_event=self._get_event,
+            loop=self._loop,
         )
         info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
         outcome = workers_pb2.Outcome(job_id=job.job_id, attempt=job.attempt)

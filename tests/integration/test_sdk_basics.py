@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from perdure import JobCancelledError, JobDeadError, NonRetryableError
+from perdure import JobCancelledError, JobDeadError, NonRetryableError, PerdureError
 
 
 async def test_durable_call__enqueues_and_returns_the_handlers_result(make_client) -> None:
@@ -281,3 +281,25 @@ async def test_context__tells_a_handler_which_job_and_attempt_it_runs(make_clien
         assert await handle.result(timeout=30) == {"id": handle.id, "name": "whoami", "attempt": 2}
     with pytest.raises(sdk.NotInJobError, match="only available inside"):
         sdk.context()
+
+
+async def test_start_without_serving__enqueues_only_until_started_to_serve(make_client, sidecar) -> None:
+    perdure = make_client()
+
+    @perdure.durable("later")
+    async def later(x: int) -> int:
+        return x + 1
+
+    await perdure.start(serve=False)  # a web process: its jobs run elsewhere
+    handle = await later(1)
+    assert not sidecar.dispatcher.sessions and await handle.status() == "pending"
+
+    @perdure.durable("defined:late")
+    async def defined_late() -> None:
+        return None
+
+    await perdure.start()  # now it serves both
+    assert await handle.result(timeout=30) == 2
+    assert await (await defined_late()).result(timeout=30) is None
+    with pytest.raises(PerdureError, match="before Perdure starts serving"):
+        perdure.durable("too:late")(defined_late.fn)
