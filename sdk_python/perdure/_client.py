@@ -353,7 +353,7 @@ class DurableFunction:
         self.fn = fn
         self.default_options = options
         self.limits = limits or FunctionLimits()
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
         return await self.client._enqueue(self.name, args, kwargs, self.default_options)

@@ -228,9 +228,9 @@ class JobHandle:
         info = dict(job_id=outcome["id"], attempts=outcome["attempt"], error_type=error["type"],
                     error_message=error["message"], traceback=error["traceback"])
         if outcome["state"] == "cancelled":
-            raise JobCancelledError(f"job {outcome['id']} ({outcome['name']}) was cancelled", **info)  # type: ignore[arg-type]
+            raise JobCancelledError(f"job {outcome['id']} ({outcome['name']}) was cancelled", **info)
         raise JobDeadError(f"job {outcome['id']} ({outcome['name']}) is dead after {outcome['attempt']} attempt(s): "
-                           f"{error['type']}: {error['message']}", **info)  # type: ignore[arg-type]
+                           f"{error['type']}: {error['message']}", **info)
 
     def _outcome(self, job: types_pb2.Job) -> Any:
         if job.state == types_pb2.JOB_STATE_SUCCESS:

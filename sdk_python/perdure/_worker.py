@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -92,9 +92,10 @@ class Worker:
                 worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK, limits=self._limits,
             )))
             while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
+                read = await call.read()
+                if read is grpc.aio.EOF:
                     return
+                message = cast(workers_pb2.SidecarMessage, read)
                 kind = message.WhichOneof("kind")
                 if kind == "registered":
                     self.worker_id = message.registered.worker_id

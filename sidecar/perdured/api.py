@@ -207,7 +207,7 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
-    async def Work(self, request_iterator: AsyncIterator[workers_pb2.WorkerMessage],  # type: ignore[override]
+    async def Work(self, request_iterator: AsyncIterator[workers_pb2.WorkerMessage],
                    context: grpc.aio.ServicerContext) -> AsyncIterator[workers_pb2.SidecarMessage]:
         # grpc.aio treats a handler as streaming only if it is itself an async generator.
         async for message in self.dispatcher.work(request_iterator, context):

@@ -52,7 +52,7 @@ def health(listen: str) -> int:
         with grpc.insecure_channel(address) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3).status
     except grpc.RpcError as exc:
-        print(f"perdured at {address} is not answering: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"perdured at {address} is not answering: {exc.code().name}", file=sys.stderr)
         return 1
     serving = status == health_pb2.HealthCheckResponse.SERVING
     print(f"perdured at {address}: {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}")

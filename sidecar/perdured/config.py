@@ -106,7 +106,7 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         value = getattr(args, dest)
         if value is None and environ.get(env):
             try:
-                value = kind(environ[env])  # type: ignore[operator]
+                value = kind(environ[env])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise SystemExit(f"perdured: {env}: {exc}") from None
         if value is not None:

@@ -144,7 +144,7 @@ def _latest_tick(cron: str, timezone: str, now: datetime) -> datetime | None:
         previous = _cron(cron, now + timedelta(microseconds=1), ZoneInfo(timezone)).get_prev()
     except CroniterBadDateError:
         return None
-    return previous.astimezone(UTC)  # type: ignore[no-any-return]
+    return previous.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class Sidecar:
         self._server: grpc.aio.Server | None = None
         self._store: Store | None = None
         self._stop_metrics: Callable[[], None] | None = None
-        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
         settings = self.settings
