@@ -341,7 +341,7 @@ async def test_stats_and_workers__as_json_and_tables(sidecar, make_client) -> No
         assert (queued["namespace"], queued["pending"], queued["running"], queued["dead"]) == ("default", 2, 0, 0)
         assert "oldest_pending_age" in queued
         table = (await perdure_at(sidecar.address, "stats", "-A")).ok().out
-        assert "cli:queued" in table and "PENDING" in table and "default" in table
+        assert "cli:queued" in table and "PEND" in table and "default" in table
         too_long = await perdure_at(sidecar.address, "stats", "--window", "2d")
         too_long.fails_in_one_line(5, "window")
 

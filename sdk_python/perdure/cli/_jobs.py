@@ -133,10 +133,10 @@ def list_jobs(name: str | None, states: tuple[list[str], ...], labels: tuple[tup
         out.emit_json([out.to_dict(job) for job in found])
     elif found:
         now = datetime.now(UTC)
-        grid = out.table("ID", "FUNCTION", "STATE", ">ATTEMPTS", "CREATED", "DETAIL")
+        grid = out.table("ID", "FUNCTION", "STATE", ">ATTEMPTS", ">AGE", "DETAIL~")
         for job in found:
             grid.add_row(job.id, job.name, out.state_text(job.state), f"{job.attempt}/{job.retry.max_attempts}",
-                         out.relative(out.moment(job, "created_at"), now), _detail(job, now))
+                         out.age(out.moment(job, "created_at"), now), out.cut(_detail(job, now)))
         out.console().print(grid)
     else:
         hint("no jobs match")
@@ -248,31 +248,31 @@ def _job_sections(job: types_pb2.Job) -> Iterator[Any]:
 
     if job.attempts:
         yield out.heading("Attempts")
-        grid = out.table(">#", "OUTCOME", "STARTED", ">DURATION", "WORKER", "ERROR")
+        grid = out.table(">#", "OUTCOME", "STARTED", ">DURATION", "WORKER", "ERROR~")
         for attempt in job.attempts:
             begun, ended = out.moment(attempt, "started_at"), out.moment(attempt, "ended_at")
             outcome = out.OUTCOMES.get(attempt.outcome, "unknown")
             grid.add_row(str(attempt.number), Text(outcome, style=out.OUTCOME_STYLES.get(outcome, "")),
-                         out.absolute(begun), format_duration((ended - begun).total_seconds()) if begun and ended else "",
-                         attempt.worker_id, out.error_line(attempt.error))
+                         out.clock(begun), format_duration((ended - begun).total_seconds()) if begun and ended else "",
+                         attempt.worker_id, out.cut(out.error_line(attempt.error)))
         yield grid
 
     if job.steps:
         yield out.heading("Steps")
-        grid = out.table("NAME", "STATUS", ">ATTEMPT", "RECORDED", "RESULT OR ERROR")
+        grid = out.table("NAME", "STATUS", ">ATTEMPT", "RECORDED", "RESULT OR ERROR~")
         for step in job.steps:
             status = out.STEP_STATUSES.get(step.status, "unknown")
             outcome = out.error_line(step.error) if step.HasField("error") else out.payload_text(step.result, indent=None)
             grid.add_row(step.name, Text(status, style="green" if status == "succeeded" else "red"),
-                         str(step.attempt), out.absolute(out.moment(step, "recorded_at")), _shortened(outcome))
+                         str(step.attempt), out.clock(out.moment(step, "recorded_at")), out.cut(_shortened(outcome)))
         yield grid
 
     if job.children:
         yield out.heading("Children")
-        grid = out.table("ID", "FUNCTION", "STATE", ">ATTEMPTS", "CREATED")
+        grid = out.table("ID", "FUNCTION", "STATE", ">ATTEMPTS", ">AGE")
         for child in job.children:
             grid.add_row(child.id, child.name, out.state_text(child.state),
-                         f"{child.attempt}/{child.retry.max_attempts}", out.relative(out.moment(child, "created_at")))
+                         f"{child.attempt}/{child.retry.max_attempts}", out.age(out.moment(child, "created_at")))
         yield grid
 
     if job.logs:

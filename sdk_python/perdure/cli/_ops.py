@@ -49,9 +49,11 @@ def stats(window: float, all_namespaces: bool) -> None:
         return
     span = format_duration(out.seconds(response, "window") or window)
     columns = ["NAMESPACE"] if all_namespaces else []
-    columns += ["FUNCTION", ">PENDING", ">RUNNING", ">SUSPENDED", ">DEAD", ">OLDEST PENDING",
-                ">ENQUEUED", ">SUCCEEDED", ">FAILED", ">DIED", ">CANCELLED", ">JOBS/S", ">FAILURE"]
-    grid = out.table(*columns, caption=f"ENQUEUED to FAILURE: the last {span}; FAILED counts attempts")
+    columns += ["FUNCTION", ">PEND", ">RUN", ">SUSP", ">DEAD", ">OLDEST", ">ENQ", ">OK", ">FAIL", ">DIED", ">CANC",
+                ">JOBS/S", ">FAIL%"]
+    grid = out.table(*columns, caption=(
+        f"now: PEND(ing), RUN(ning), SUSP(ended), DEAD jobs; OLDEST runnable job's wait. The last {span}: ENQ(ueued), "
+        f"OK (succeeded), FAIL(ed attempts), DIED, CANC(elled), jobs ended per second, FAIL% of ended attempts."))
     for function in response.functions:
         oldest = out.seconds(function, "oldest_pending_age")
         row = [function.namespace] if all_namespaces else []
@@ -59,7 +61,7 @@ def stats(window: float, all_namespaces: bool) -> None:
                 _count(function.dead, "red"), format_duration(oldest) if oldest is not None else "-",
                 str(function.enqueued_recently), str(function.succeeded_recently),
                 _count(function.failed_recently, "yellow"), _count(function.dead_recently, "red"),
-                str(function.cancelled_recently), _rate(function.throughput), f"{function.failure_rate:.1%}"]
+                str(function.cancelled_recently), _rate(function.throughput), f"{function.failure_rate:.0%}"]
         grid.add_row(*row)
     out.console().print(grid)
 
@@ -77,8 +79,9 @@ def _count(value: int, style: str) -> Text:
 @json_option
 @sidecar_options
 def workers(all_namespaces: bool) -> None:
-    """The workers connected to any sidecar sharing the database: their functions,
-    concurrency, jobs in flight and when they were last seen.
+    """The workers connected to any sidecar sharing the database: their functions, jobs in
+    flight out of their concurrency, how long they have been connected, when they were last
+    seen (their sdk and more with --json).
 
     \b
       perdure workers
@@ -95,14 +98,14 @@ def workers(all_namespaces: bool) -> None:
         return
     now = datetime.now(UTC)
     columns = ["NAMESPACE"] if all_namespaces else []
-    grid = out.table(*columns, "ID", "SDK", "FUNCTIONS", ">IN FLIGHT", ">CONCURRENCY", "CONNECTED", "LAST SEEN")
+    grid = out.table(*columns, "ID", "FUNCTIONS", ">IN FLIGHT", ">CONNECTED", "LAST SEEN")
     for worker in found:
         identity = Text(worker.id)
         if worker.draining:
             identity.append(" (draining)", style="yellow")
         row: list[Any] = [worker.namespace] if all_namespaces else []
-        row += [identity, worker.sdk, ", ".join(worker.names), str(worker.in_flight), str(worker.concurrency),
-                out.relative(out.moment(worker, "connected_at"), now), out.relative(out.moment(worker, "last_seen"), now)]
+        row += [identity, ", ".join(worker.names), f"{worker.in_flight}/{worker.concurrency}",
+                out.age(out.moment(worker, "connected_at"), now), out.relative(out.moment(worker, "last_seen"), now)]
         grid.add_row(*row)
     out.console().print(grid)
 

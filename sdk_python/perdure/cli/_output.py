@@ -155,6 +155,13 @@ def relative(at: datetime | None, now: datetime | None = None) -> str:
     return f"{format_duration(delta)} ago" if delta > 0 else f"in {format_duration(-delta)}"
 
 
+def age(at: datetime | None, now: datetime | None = None) -> str:
+    """How long ago, for table columns headed AGE: `12s`, `3m05s`, or "" for no time."""
+    if at is None:
+        return ""
+    return format_duration(max(0.0, ((now or datetime.now(UTC)) - at).total_seconds()))
+
+
 def absolute(at: datetime | None) -> str:
     """Local time to the second, with the offset and how long ago: `2030-01-31 09:00:00 +01:00 (12s ago)`."""
     if at is None:
@@ -175,16 +182,33 @@ def error_line(error: types_pb2.JobError) -> str:
 
 
 def table(*columns: str, title: str | None = None, caption: str | None = None) -> Table:
-    """A table with a header line; a column named ">NAME" is right-aligned (numbers)."""
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold", title=title,
-                 title_justify="left", title_style="bold", caption=caption, caption_justify="left",
+    """A table with a header line. A column named ">NAME" is right-aligned (numbers); values
+    of a column named "NAME~" should be `cut(...)`: cut with an ellipsis, not wrapped, when the
+    terminal is narrow. Identifiers, states and numbers never wrap; the other columns give way."""
+    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, header_style="bold",
+                 title=title, title_justify="left", title_style="bold", caption=caption, caption_justify="left",
                  caption_style="dim")
     for column in columns:
-        name = column.removeprefix(">")
-        numeric = name != column
-        grid.add_column(name, justify="right" if numeric else "left", overflow="fold",
+        name = column.removeprefix(">").removesuffix("~")
+        numeric, cut = column.startswith(">"), column.endswith("~")
+        grid.add_column(name, justify="right" if numeric else "left", overflow="ellipsis" if cut else "fold",
                         no_wrap=numeric or name in NO_WRAP_COLUMNS)
     return grid
+
+
+def cut(value: str | Text) -> Text:
+    """A cell that stays on one line, cut with an ellipsis if its column is narrow."""
+    text = value.copy() if isinstance(value, Text) else Text(value)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def clock(at: datetime | None, now: datetime | None = None) -> str:
+    """A short local time for tables: `07:58:41` today, `2030-01-31 07:58` another day."""
+    if at is None:
+        return ""
+    local, today = at.astimezone(), (now or datetime.now(UTC)).astimezone().date()
+    return f"{local:%H:%M:%S}" if local.date() == today else f"{local:%Y-%m-%d %H:%M}"
 
 
 def fields_table() -> Table:
@@ -199,4 +223,4 @@ def heading(text: str) -> Text:
     return Text("\n" + text, style="bold underline")
 
 
-NO_WRAP_COLUMNS = {"ID", "JOB", "STATE", "OUTCOME", "AT", "CREATED", "STARTED", "NEXT RUN", "LAST RUN"}
+NO_WRAP_COLUMNS = {"ID", "STATE", "OUTCOME", "STATUS", "AT", "STARTED", "RECORDED", "LEVEL"}

@@ -33,7 +33,7 @@ def parse_duration(text: str) -> float:
         match = _DURATION_PART.match(cleaned, position)
         if match is None:
             raise ValueError(f"{text!r} is not a duration; use e.g. 30s, 5m, 2h, 1h30m or plain seconds")
-        if match.group(2) is None and match.end() != len(cleaned):
+        if match.group(2) is None and (position or match.end() != len(cleaned)):
             raise ValueError(f"{text!r} is not a duration; give each number its unit, e.g. 1h30m")
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
