@@ -194,7 +194,7 @@ def show_job(job_id: str) -> None:
 
 def _get(client: Sidecar, job_id: str) -> types_pb2.Job:
     request = jobs_pb2.GetJobRequest(id=job_id, namespace=settings().namespace)
-    return client.call(client.jobs.GetJob, request).job  # type: ignore[no-any-return]
+    return client.call(client.jobs.GetJob, request).job
 
 
 def _job_sections(job: types_pb2.Job) -> Iterator[Any]:
@@ -619,7 +619,7 @@ def watch(name: str | None, job_id: str | None) -> None:
     call = client.jobs.WatchJobs(request)
     try:
         call.initial_metadata()  # sent once the watch is live: no event after this is missed
-        if not call.done():
+        if call.is_active():  # it is not when the sidecar could not be reached
             hint(f"watching jobs in namespace {settings().namespace!r}; Ctrl-C to stop")
         for event in call:
             if settings().json:

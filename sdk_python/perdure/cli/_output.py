@@ -136,13 +136,13 @@ def state_text(value: int) -> Text:
 def moment(message: Message, field: str) -> datetime | None:
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+    return getattr(message, field).ToDatetime(tzinfo=UTC)
 
 
 def seconds(message: Message, field: str) -> float | None:
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToNanoseconds() / 1e9  # type: ignore[no-any-return]
+    return getattr(message, field).ToNanoseconds() / 1e9
 
 
 def relative(at: datetime | None, now: datetime | None = None) -> str:

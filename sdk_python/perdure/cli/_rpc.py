@@ -97,13 +97,13 @@ class Sidecar:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             error = self.error(exc)
-            if messages and exc.code() in messages:  # type: ignore[attr-defined]
-                error.message = messages[exc.code()]  # type: ignore[attr-defined]
+            if messages and exc.code() in messages:
+                error.message = messages[exc.code()]
             raise error from None
 
     def error(self, exc: grpc.RpcError) -> CliError:
-        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-        detail = one_line(exc.details() or "")  # type: ignore[attr-defined]
+        code: grpc.StatusCode = exc.code()
+        detail = one_line(exc.details() or "")
         if code == grpc.StatusCode.UNAVAILABLE:
             if reason := _connection_failure(detail):
                 return CliError(f"cannot reach perdured at {self.address} ({reason}); is it running? "
