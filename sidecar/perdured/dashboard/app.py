@@ -109,7 +109,7 @@ class DashboardApp:
         self.index = (static / "index.html").read_bytes()
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard, self._errors])
+        app = web.Application(middlewares=[self._errors, self._guard])
         for path in PAGES:
             app.router.add_get(path, self.page)
         app.router.add_get("/api/info", self.info)
@@ -146,12 +146,16 @@ class DashboardApp:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Errors as {"error": message} with their HTTP status; an RPC's status says which."""
         try:
             return await handler(request)
+        except ApiError as exc:
+            status, message = exc.status, str(exc)
         except grpc.aio.AioRpcError as exc:
-            raise _error(HTTP_STATUS.get(exc.code(), 502), exc.details() or exc.code().name) from None
+            status, message = HTTP_STATUS.get(exc.code(), 502), exc.details() or exc.code().name
         except InvalidArgument as exc:
-            raise _error(400, str(exc)) from None
+            status, message = 400, str(exc)
+        return web.json_response({"error": message}, status=status)
 
     @staticmethod
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -300,10 +304,16 @@ def _json(data: Any) -> web.Response:
     return web.json_response(data, dumps=lambda value: json.dumps(value, separators=(",", ":")))
 
 
-def _error(status: int, message: str) -> web.HTTPException:
-    exception = web.HTTPException(text=json.dumps({"error": message}), content_type="application/json")
-    exception.status_code = status
-    return exception
+class ApiError(Exception):
+    """An answer other than 200: its HTTP status and a message that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> ApiError:
+    return ApiError(status, message)
 
 
 def _namespace(request: web.Request) -> str:
