@@ -61,11 +61,12 @@ export default {
     }
 
     refresh();
-    const timer = setInterval(() => { if (job && !TERMINAL.has(job.state)) drawTimelineOnly(); }, 1000);
-    function drawTimelineOnly() {
-      const old = root.querySelector("[data-section=timeline]");
-      if (old) old.replaceWith(timeline(job));
-    }
+    // While it runs, the durations grow: redraw what shows them every second.
+    const timer = setInterval(() => {
+      if (!job || TERMINAL.has(job.state)) return;
+      root.querySelector("[data-section=facts]")?.replaceWith(facts(job));
+      root.querySelector("[data-section=timeline]")?.replaceWith(timeline(job));
+    }, 1000);
     return {
       refresh,
       onJobs(events) {
@@ -112,7 +113,7 @@ function facts(job) {
     job.max_duration !== undefined ? ["Max duration", seconds(job.max_duration)] : null,
     job.deadline ? ["Deadline", when(job.deadline)] : null,
   ].filter(Boolean);
-  return h("section", { class: "card" }, h("dl", { class: "facts" },
+  return h("section", { class: "card", dataset: { section: "facts" } }, h("dl", { class: "facts" },
     rows.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)])));
 }
 
