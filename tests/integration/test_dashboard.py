@@ -189,6 +189,18 @@ async def test_requests__naming_another_host_are_refused(http) -> None:
     assert (await read(await http.get("/api/info", headers={"Host": "localhost"})))["version"] == perdure.__version__
 
 
+async def test_remote_dashboard__when_allowed_answers_any_host_name(database_url) -> None:
+    """Behind a proxy that authenticates, requests name the proxy's host: they are served."""
+    sidecar = await start_sidecar(database_url, dashboard_listen="0.0.0.0:0", dashboard_allow_remote=True)
+    try:
+        port = sidecar.dashboard.url.rsplit(":", 1)[1].strip("/")
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            info = await read(await http.get("/api/info", headers={"Host": "perdure.internal.example"}))
+            assert info["sidecar_id"] == sidecar.id
+    finally:
+        await sidecar.stop()
+
+
 async def test_retry__one_job_and_every_match(http, make_client) -> None:
     client = make_client()
     fail = {"now": True}
@@ -256,14 +268,14 @@ async def test_events__a_job_from_enqueue_to_success_and_the_statistics(http, ma
 
 async def test_sidecar_stop__ends_open_event_streams(database_url) -> None:
     sidecar = await start_sidecar(database_url, dashboard_listen="127.0.0.1:0")
-    async with aiohttp.ClientSession(base_url=sidecar.dashboard.url) as http:
-        async with http.get("/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
-            events = Events(response)
-            await events.until(lambda name, _: name == "ready", "that the watch is live")
-            await asyncio.wait_for(sidecar.stop(), 10)
-            # The stream ends (the page's EventSource then reconnects, to this sidecar once it is back).
-            await asyncio.wait_for(response.content.read(), 5)
-            assert response.content.at_eof()
+    async with aiohttp.ClientSession(base_url=sidecar.dashboard.url) as http, \
+            http.get("/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
+        events = Events(response)
+        await events.until(lambda name, _: name == "ready", "that the watch is live")
+        await asyncio.wait_for(sidecar.stop(), 10)
+        # The stream ends (the page's EventSource then reconnects, to this sidecar once it is back).
+        await asyncio.wait_for(response.content.read(), 5)
+        assert response.content.at_eof()
 
 
 async def test_reads__statistics_activity_workers_schedules_and_info(http, make_client) -> None:
@@ -277,11 +289,19 @@ async def test_reads__statistics_activity_workers_schedules_and_info(http, make_
         await client.enqueue("dash:waiting")  # no worker serves it: pending
 
         info = await read(await http.get("/api/info"))
-        assert info["namespaces"] == ["default"] and info["embedded_database"] is False
+        assert info["embedded_database"] is False and info["dashboard_version"] == perdure.__version__
+        assert (await read(await http.get("/api/namespaces"))) == {"namespaces": ["default"]}
+        async with make_client(namespace="billing") as billing:
+            elsewhere = await billing.enqueue("dash:elsewhere")
+        assert (await read(await http.get("/api/namespaces"))) == {"namespaces": ["billing", "default"]}
+        listed = await read(await http.get("/api/jobs", params={"namespace": "billing"}))
+        assert [j["id"] for j in listed["jobs"]] == [elsewhere.id]
+        assert (await read(await http.get(f"/api/jobs/{elsewhere.id}", params={"namespace": "billing"})))["job"]
+        await read(await http.get(f"/api/jobs/{elsewhere.id}"), 404)  # not in the default namespace
         assert info["schema_version"] == info["latest_schema_version"]
         workers = (await read(await http.get("/api/workers")))["workers"]
         assert [(w["names"], w["concurrency"]) for w in workers] == [(["dash:ticker"], 4)]
-        stats = await read(await http.get("/api/stats", params={"window": "60"}))
+        stats = await read(await http.get("/api/stats", params={"window": "60", "namespace": "default"}))
         assert stats["window"] == 60.0
         assert [(f["name"], f["pending"]) for f in stats["functions"]] == [("dash:waiting", 1)]
         activity = await read(await http.get("/api/activity", params={"window": "600"}))

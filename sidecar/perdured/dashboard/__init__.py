@@ -12,6 +12,7 @@ from aiohttp import web
 
 from perdured.config import is_loopback
 from perdured.dashboard.app import AccessLogger, DashboardApp
+from perdured.logs import log
 
 __all__ = ["Dashboard", "dial_address"]
 
@@ -47,7 +48,8 @@ class Dashboard:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
         ])
-        routes = DashboardApp(self._channel, check_host=is_loopback(host))
+        loopback = is_loopback(host)
+        routes = DashboardApp(self._channel, check_host=loopback)
         self._runner = web.AppRunner(routes.build(), access_log_class=AccessLogger, handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
@@ -60,6 +62,10 @@ class Dashboard:
         bound_host, bound_port = self._runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}/"
+        if not loopback:  # config.py let it through: --dashboard-allow-remote
+            log.warning("dashboard.remote", listen=listen,
+                        warning="the dashboard has no authentication: anyone who reaches this address can read "
+                                "payloads and cancel or retry jobs; keep it behind something that authenticates")
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -113,6 +113,7 @@ class DashboardApp:
         for path in PAGES:
             app.router.add_get(path, self.page)
         app.router.add_get("/api/info", self.info)
+        app.router.add_get("/api/namespaces", self.namespaces)
         app.router.add_get("/api/stats", self.stats)
         app.router.add_get("/api/activity", self.activity)
         app.router.add_get("/api/jobs", self.list_jobs)
@@ -175,12 +176,16 @@ class DashboardApp:
     # -- reading -------------------------------------------------------------------------------
 
     async def info(self, request: web.Request) -> web.Response:
-        info, stats, workers = await asyncio.gather(
-            self.admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=RPC_TIMEOUT),
+        info = await self.admin.GetInfo(admin_pb2.GetInfoRequest(), timeout=RPC_TIMEOUT)
+        return _json(to_json(info) | {"dashboard_version": __version__})
+
+    async def namespaces(self, request: web.Request) -> web.Response:
+        """The namespaces with jobs, recent activity or workers (and "default")."""
+        stats, workers = await asyncio.gather(
             self.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT),
             self.admin.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=RPC_TIMEOUT))
         namespaces = {"default"} | {f.namespace for f in stats.functions} | {w.namespace for w in workers.workers}
-        return _json(to_json(info) | {"namespaces": sorted(namespaces), "dashboard_version": __version__})
+        return _json({"namespaces": sorted(namespaces)})
 
     async def stats(self, request: web.Request) -> web.Response:
         query = request.query

@@ -113,8 +113,8 @@ function header() {
 
 async function loadNamespaces() {
   try {
-    const info = await get("/api/info");
-    const names = new Set([...info.namespaces, namespace()]);
+    const [info, known] = await Promise.all([get("/api/info"), get("/api/namespaces")]);
+    const names = new Set([...known.namespaces, namespace()]);
     namespaceSelect.replaceChildren(...[...names].sort().map((name) => h("option", { value: name }, name)));
     namespaceSelect.value = namespace();
     document.getElementById("version").textContent = `perdured ${info.version}`;

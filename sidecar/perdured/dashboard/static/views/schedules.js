@@ -27,13 +27,14 @@ export default {
 
     const refresh = throttle(async () => {
       try {
-        draw((await get("/api/schedules", { namespace })).schedules);
+        const page = await get("/api/schedules", { namespace });
+        draw(page.schedules, Boolean(page.next_page_token));
       } catch (err) {
         fill(results, h("p", { class: "error" }, err.message));
       }
     }, 500);
 
-    function draw(schedules) {
+    function draw(schedules, more) {
       const rows = schedules.map((s) => {
         const button = h("button", { class: "small secondary", dataset: { action: s.paused ? "resume" : "pause" },
           onclick: () => toggle(s, button) }, s.paused ? "Resume" : "Pause");
@@ -49,7 +50,8 @@ export default {
           h("td", {}, button));
       });
       fill(results, table(["Schedule", "Function", "Cron", "Time zone", "Next run", "Last run", "Missed ticks",
-        "Last error", ""], rows, "No schedules in this namespace."));
+        "Last error", ""], rows, "No schedules in this namespace."),
+      more ? h("p", { class: "muted" }, `The first ${schedules.length} schedules, by name.`) : null);
     }
 
     refresh();
