@@ -17,6 +17,7 @@ import pytest
 import perdure
 from perdured.dashboard.app import ACTION_HEADER
 from perdured.dashboard.app import static_files as dashboard_static_files
+from perdured.server import Sidecar
 
 from ..conftest import start_sidecar
 
@@ -24,7 +25,7 @@ ACT = {ACTION_HEADER: "1"}
 
 
 @pytest.fixture
-async def sidecar(database_url: str) -> AsyncIterator[Any]:
+async def sidecar(database_url: str) -> AsyncIterator[Sidecar]:
     """The test sidecar, serving its dashboard on a free loopback port."""
     sidecar = await start_sidecar(database_url, dashboard_listen="127.0.0.1:0")
     yield sidecar
@@ -33,8 +34,13 @@ async def sidecar(database_url: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def http(sidecar) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=sidecar.dashboard.url) as session:
+    async with aiohttp.ClientSession(base_url=dashboard_url(sidecar)) as session:
         yield session
+
+
+def dashboard_url(sidecar: Sidecar) -> str:
+    assert sidecar.dashboard is not None, "started without dashboard_listen"
+    return sidecar.dashboard.url
 
 
 async def read(response: aiohttp.ClientResponse, status: int = 200) -> Any:
@@ -50,7 +56,7 @@ class Events:
         self.response = response
 
     async def next(self, timeout: float = 30.0) -> tuple[str, Any]:
-        name, data = "message", []
+        name, data = "message", list[str]()
         async with asyncio.timeout(timeout):
             while True:
                 line = (await self.response.content.readline()).decode()
@@ -173,7 +179,7 @@ async def test_actions__need_the_dashboard_header_and_this_origin(http, sidecar,
     assert "another origin" in (await read(await http.post(cancel, headers=elsewhere), 403))["error"]
     assert await handle.status() == "pending"
 
-    here = {**ACT, "Origin": sidecar.dashboard.url.rstrip("/")}
+    here = {**ACT, "Origin": dashboard_url(sidecar).rstrip("/")}
     answer = await read(await http.post(cancel, headers=here))
     assert (answer["cancelled"], answer["job"]["state"]) == (True, "cancelled")
     again = await read(await http.post(cancel, headers=ACT))
@@ -193,7 +199,7 @@ async def test_remote_dashboard__when_allowed_answers_any_host_name(database_url
     """Behind a proxy that authenticates, requests name the proxy's host: they are served."""
     sidecar = await start_sidecar(database_url, dashboard_listen="0.0.0.0:0", dashboard_allow_remote=True)
     try:
-        port = sidecar.dashboard.url.rsplit(":", 1)[1].strip("/")
+        port = dashboard_url(sidecar).rsplit(":", 1)[1].strip("/")
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             info = await read(await http.get("/api/info", headers={"Host": "perdure.internal.example"}))
             assert info["sidecar_id"] == sidecar.id
@@ -268,7 +274,7 @@ async def test_events__a_job_from_enqueue_to_success_and_the_statistics(http, ma
 
 async def test_sidecar_stop__ends_open_event_streams(database_url) -> None:
     sidecar = await start_sidecar(database_url, dashboard_listen="127.0.0.1:0")
-    async with aiohttp.ClientSession(base_url=sidecar.dashboard.url) as http, \
+    async with aiohttp.ClientSession(base_url=dashboard_url(sidecar)) as http, \
             http.get("/api/events", timeout=aiohttp.ClientTimeout(total=None)) as response:
         events = Events(response)
         await events.until(lambda name, _: name == "ready", "that the watch is live")
