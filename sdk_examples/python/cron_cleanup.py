@@ -29,9 +29,10 @@ async def main(runs_wanted: int = 2) -> dict:
     async with perdure:
         schedule = await perdure.schedules.get("maintenance:cleanup")
         print(f"schedule {schedule.name!r}: {schedule.cron} ({schedule.timezone}), next run {schedule.next_run_at}")
-        while len(runs) < runs_wanted:
+        jobs: list = []
+        while len(jobs) < runs_wanted:  # the ticks' jobs, once their results are recorded
             await asyncio.sleep(0.1)
-        jobs = await perdure.list_jobs("maintenance:cleanup", status="success", labels={"schedule": schedule.name})
+            jobs = await perdure.list_jobs("maintenance:cleanup", status="success", labels={"schedule": schedule.name})
         print(f"{len(runs)} runs so far; jobs: {[job.id for job in jobs]}")
         await perdure.schedules.delete("maintenance:cleanup")  # an example should not leave it behind
         return {"schedule": schedule.name, "runs": len(runs), "jobs": len(jobs)}

@@ -215,7 +215,18 @@ class WorkersService(workers_pb2_grpc.WorkersServicer):
 
 
 DEFAULT_STATS_WINDOW = 300.0
+DEFAULT_ACTIVITY_WINDOW = 3600.0
 MAX_STATS_WINDOW = 24 * 3600.0
+
+
+def _window(request: admin_pb2.GetStatsRequest | admin_pb2.GetActivityRequest, default: float) -> float:
+    """How far back statistics look: `window` if given (more than 0, at most a day), else `default`."""
+    if not request.HasField("window"):
+        return default
+    window = validation.seconds(request.window, "window", allow_zero=False)
+    if window > MAX_STATS_WINDOW:
+        raise InvalidArgument("window", f"is {window:g} s; at most {MAX_STATS_WINDOW:g} s (a day of activity is kept)")
+    return window
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -227,9 +238,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     @_errors_as_status
     async def GetStats(self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetStatsResponse:
         namespace = validation.namespace(request.namespace) if request.namespace else None
-        window = validation.seconds(request.window, "window", allow_zero=False) if request.HasField("window") else DEFAULT_STATS_WINDOW
-        if window > MAX_STATS_WINDOW:
-            raise InvalidArgument("window", f"is {window:g} s; at most {MAX_STATS_WINDOW:g} s (a day of activity is kept)")
+        window = _window(request, DEFAULT_STATS_WINDOW)
         rows = await self.store.function_stats(namespace, window)
         response = admin_pb2.GetStatsResponse(window=convert.duration(window))
         for row in rows:
@@ -258,3 +267,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             database_latency=convert.duration(latency), workers=len(self.dispatcher.sessions), in_flight=len(running),
             lease=convert.duration(self.dispatcher.lease), started_at=convert.timestamp(self.info["started_at"]),
         )
+
+    @_errors_as_status
+    async def GetActivity(self, request: admin_pb2.GetActivityRequest,
+                          context: grpc.aio.ServicerContext) -> admin_pb2.GetActivityResponse:
+        namespace = validation.namespace(request.namespace) if request.namespace else None
+        name = validation.function_name(request.name) if request.name else None
+        window = _window(request, DEFAULT_ACTIVITY_WINDOW)
+        return convert.activity(await self.store.function_activity(namespace, name, window))

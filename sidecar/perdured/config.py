@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ class Settings:
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
     retention_interval: float = 60.0
     metrics_listen: str = ""  # host:port for Prometheus metrics; empty: not served
+    dashboard_listen: str = ""  # host:port for the web dashboard; empty: not served
+    dashboard_allow_remote: bool = False  # serve the dashboard on a non-loopback address
     # For a supervising process (the Python SDK): where to write the bound address
     # once serving, and whether to stop when our standard input closes.
     ready_fd: int | None = None
@@ -42,6 +45,34 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false, got {text}")
+
+
+def _address(text: str) -> str:
+    """HOST:PORT (HOST may be a name, an IPv4 address or a bracketed IPv6 address)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, e.g. 127.0.0.1:7434; got {text!r}")
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """Whether HOST (of HOST:PORT) only accepts connections from this machine."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # any other name, or empty (every interface)
 
 
 def _positive_int(text: str) -> int:
@@ -74,6 +105,11 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
      "Seconds between deletions of old finished jobs (one sidecar at a time does them)."),
     ("--metrics-listen", "PERDURE_METRICS_LISTEN", str,
      "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off."),
+    ("--dashboard-listen", "PERDURE_DASHBOARD_LISTEN", _address,
+     "Serve the web dashboard at http://HOST:PORT/ (usually 127.0.0.1:7434). Unset: off. It has no "
+     "authentication: a non-loopback HOST is refused unless --dashboard-allow-remote is given."),
+    ("--dashboard-allow-remote", "PERDURE_DASHBOARD_ALLOW_REMOTE", _boolean,
+     "Allow --dashboard-listen on a non-loopback address (only behind something that authenticates)."),
 ]
 
 
@@ -87,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, env, kind, text in _OPTIONS:
         dest = flag[2:].replace("-", "_")
         default = getattr(defaults, dest)
+        if kind is _boolean:  # a switch on the command line; true or false in the environment
+            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None,
+                                help=f"{text} [{env}=true]")
+            continue
         parser.add_argument(flag, dest=dest, type=kind, default=None,
                             help=f"{text} [{env}; default: {default}]")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -118,4 +158,11 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise SystemExit(f"perdured: --log-format must be json or console, got {settings.log_format!r}")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise SystemExit(f"perdured: --log-level must be debug, info, warning or error, got {settings.log_level!r}")
+    dashboard_host = settings.dashboard_listen.rpartition(":")[0]
+    if settings.dashboard_listen and not is_loopback(dashboard_host) and not settings.dashboard_allow_remote:
+        raise SystemExit(
+            f"perdured: --dashboard-listen {settings.dashboard_listen} would serve the dashboard beyond this "
+            "machine, and it has no authentication: anyone who reaches it could read payloads and cancel jobs. "
+            "Use a loopback address (127.0.0.1:7434), or add --dashboard-allow-remote if something in front of "
+            "it authenticates.")
     return settings

@@ -200,3 +200,19 @@ def worker(row: dict[str, Any]) -> admin_pb2.WorkerInfo:
         sdk=row["sdk"], names=row["names"], concurrency=row["concurrency"], in_flight=row["in_flight"],
         connected_at=timestamp(row["connected_at"]), last_seen=timestamp(row["last_seen"]), draining=row["draining"],
     )
+
+
+ACTIVITY_COUNTS = ("enqueued", "started", "succeeded", "failed", "dead", "cancelled")
+
+
+def activity(rows: list[dict[str, Any]]) -> admin_pb2.GetActivityResponse:
+    """function_activity rows (by namespace, name and minute) as one entry per function."""
+    response = admin_pb2.GetActivityResponse(start=timestamp(rows[0]["start"]), at=timestamp(rows[0]["at"]))
+    current: admin_pb2.FunctionActivity | None = None
+    for row in rows:
+        if row["minute"] is None:  # nothing happened within the window
+            continue
+        if current is None or (current.namespace, current.name) != (row["namespace"], row["name"]):
+            current = response.functions.add(namespace=row["namespace"], name=row["name"])
+        current.buckets.add(minute=timestamp(row["minute"]), **{count: row[count] for count in ACTIVITY_COUNTS})
+    return response

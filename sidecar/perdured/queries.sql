@@ -678,6 +678,22 @@ FULL JOIN dead d ON d.namespace = l.namespace AND d.name = l.name
 FULL JOIN recent r ON r.namespace = coalesce(l.namespace, d.namespace) AND r.name = coalesce(l.name, d.name)
 ORDER BY 1, 2
 
+-- function_activity --
+-- Per-minute activity per function within the window (the same minutes as function_stats),
+-- by namespace, name and minute; minutes without activity have no row. Every row carries the
+-- window's first minute and the clock, and a single row of nulls does when nothing happened.
+WITH clock AS (
+    SELECT now() AS at, date_trunc('minute', now() - %(window)s) + interval '1 minute' AS start
+)
+SELECT a.namespace, a.name, a.minute, a.enqueued, a.started, a.succeeded, a.failed, a.dead, a.cancelled,
+       c.start, c.at
+FROM clock c
+LEFT JOIN perdure.activity a
+       ON a.minute >= c.start
+      AND (%(namespace)s::text IS NULL OR a.namespace = %(namespace)s)
+      AND (%(name)s::text IS NULL OR a.name = %(name)s)
+ORDER BY a.namespace, a.name, a.minute
+
 -- database_info --
 -- What `perdure doctor` shows of the database.
 SELECT current_setting('server_version') AS server_version,

@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import psycopg
@@ -38,6 +38,9 @@ from perdured.migrate import load_migrations, migrate
 from perdured.scheduler import Scheduler
 from perdured.schedules import ScheduleRunner, SchedulesService
 from perdured.store import Store
+
+if TYPE_CHECKING:
+    from perdured.dashboard import Dashboard
 
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
@@ -68,6 +71,7 @@ class Sidecar:
         self._server: grpc.aio.Server | None = None
         self._store: Store | None = None
         self._stop_metrics: Callable[[], None] | None = None
+        self.dashboard: Dashboard | None = None
         self._health = health.aio.HealthServicer()
 
     async def start(self) -> None:
@@ -140,11 +144,19 @@ class Sidecar:
         self.address = f"{host}:{port}"
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.dashboard_listen:
+            from perdured.dashboard import Dashboard  # aiohttp is loaded only when it serves
+
+            self.dashboard = Dashboard(self.address, max_message_bytes=limit)
+            await self.dashboard.start(settings.dashboard_listen)
+            log.info("dashboard.serving", url=self.dashboard.url)
         log.info("sidecar.started", sidecar_id=self.id, address=self.address, lease=settings.lease)
 
     async def stop(self) -> None:
         log.info("sidecar.stopping", grace=self.settings.shutdown_grace)
         await self._health.enter_graceful_shutdown()
+        if self.dashboard is not None:  # first: its open watches would hold up the gRPC server's stop
+            await self.dashboard.stop()
         if hasattr(self, "dispatcher"):
             await self.dispatcher.drain(self.settings.shutdown_grace)
         if self._server is not None:

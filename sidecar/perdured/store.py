@@ -559,6 +559,13 @@ class Store:
     async def function_stats(self, namespace: str | None, window: float) -> list[dict[str, Any]]:
         return await self._all("function_stats", {"namespace": namespace, "window": timedelta(seconds=window)})
 
+    async def function_activity(self, namespace: str | None, name: str | None,
+                                window: float) -> list[dict[str, Any]]:
+        """Per-minute activity rows within the window; one row of nulls (but `start` and `at`)
+        when there is none."""
+        return await self._all("function_activity", {
+            "namespace": namespace, "name": name, "window": timedelta(seconds=window)})
+
     async def database_info(self) -> dict[str, Any]:
         return (await self._all("database_info", {}))[0]
 

@@ -49,6 +49,11 @@ class AdminStub:
                 request_serializer=perdure_dot_v1_dot_admin__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=perdure_dot_v1_dot_admin__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.GetActivity = channel.unary_unary(
+                '/perdure.v1.Admin/GetActivity',
+                request_serializer=perdure_dot_v1_dot_admin__pb2.GetActivityRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_admin__pb2.GetActivityResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -75,6 +80,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetActivity(self, request, context):
+        """Per-minute activity per function (what the charts of the dashboard draw), cluster-wide.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=perdure_dot_v1_dot_admin__pb2.GetInfoRequest.FromString,
                     response_serializer=perdure_dot_v1_dot_admin__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'GetActivity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetActivity,
+                    request_deserializer=perdure_dot_v1_dot_admin__pb2.GetActivityRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_admin__pb2.GetActivityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Admin:
             '/perdure.v1.Admin/GetInfo',
             perdure_dot_v1_dot_admin__pb2.GetInfoRequest.SerializeToString,
             perdure_dot_v1_dot_admin__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetActivity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Admin/GetActivity',
+            perdure_dot_v1_dot_admin__pb2.GetActivityRequest.SerializeToString,
+            perdure_dot_v1_dot_admin__pb2.GetActivityResponse.FromString,
             options,
             channel_credentials,
             insecure,

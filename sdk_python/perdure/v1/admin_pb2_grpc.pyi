@@ -37,6 +37,8 @@ class AdminStub:
     """The workers connected to any sidecar sharing the database."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetInfoRequest, _admin_pb2.GetInfoResponse]
     """This sidecar, its database and its schema: what `perdure doctor` checks."""
+    GetActivity: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]
+    """Per-minute activity per function (what the charts of the dashboard draw), cluster-wide."""
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -47,6 +49,8 @@ class AdminAsyncStub(AdminStub):
     """The workers connected to any sidecar sharing the database."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetInfoRequest, _admin_pb2.GetInfoResponse]  # type: ignore[assignment]
     """This sidecar, its database and its schema: what `perdure doctor` checks."""
+    GetActivity: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetActivityRequest, _admin_pb2.GetActivityResponse]  # type: ignore[assignment]
+    """Per-minute activity per function (what the charts of the dashboard draw), cluster-wide."""
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,5 +76,13 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetInfoResponse, _abc.Awaitable[_admin_pb2.GetInfoResponse]]:
         """This sidecar, its database and its schema: what `perdure doctor` checks."""
+
+    @_abc_1.abstractmethod
+    def GetActivity(
+        self,
+        request: _admin_pb2.GetActivityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetActivityResponse, _abc.Awaitable[_admin_pb2.GetActivityResponse]]:
+        """Per-minute activity per function (what the charts of the dashboard draw), cluster-wide."""
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,76 @@
+"""The web dashboard perdured serves with --dashboard-listen (off unless given).
+
+`Dashboard` runs an aiohttp server in the sidecar's event loop; what it serves is in app.py
+(the HTTP side), feed.py (live updates), shape.py (messages as JSON) and static/ (the page:
+plain JavaScript modules and CSS, no build step, nothing fetched from elsewhere).
+"""
+
+from __future__ import annotations
+
+import grpc
+from aiohttp import web
+
+from perdured.config import is_loopback
+from perdured.dashboard.app import AccessLogger, DashboardApp
+from perdured.logs import log
+
+__all__ = ["Dashboard", "dial_address"]
+
+SHUTDOWN_TIMEOUT = 2.0  # seconds open requests get when the sidecar stops
+
+
+def dial_address(address: str) -> str:
+    """Where to reach a gRPC server bound to `address` from this machine: a wildcard host
+    (every interface) is reached on loopback."""
+    host, _, port = address.rpartition(":")
+    if host in ("", "0.0.0.0"):
+        return f"127.0.0.1:{port}"
+    if host in ("[::]", "::"):
+        return f"[::1]:{port}"
+    return address
+
+
+class Dashboard:
+    """The dashboard of the sidecar serving gRPC at `sidecar_address`."""
+
+    def __init__(self, sidecar_address: str, *, max_message_bytes: int) -> None:
+        self.sidecar_address = sidecar_address
+        self.max_message_bytes = max_message_bytes
+        self.url = ""
+        self._channel: grpc.aio.Channel | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, listen: str) -> None:
+        """Serve on `listen` (HOST:PORT; port 0 picks one: see `url`)."""
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        self._channel = grpc.aio.insecure_channel(dial_address(self.sidecar_address), options=[
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+        ])
+        loopback = is_loopback(host)
+        routes = DashboardApp(self._channel, check_host=loopback)
+        self._runner = web.AppRunner(routes.build(), access_log_class=AccessLogger, handle_signals=False,
+                                     shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host or None, int(port))
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise OSError(exc.errno, f"cannot serve the dashboard on {listen}: {exc.strerror or exc}") from exc
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"http://{shown}:{bound_port}/"
+        if not loopback:  # config.py let it through: --dashboard-allow-remote
+            log.warning("dashboard.remote", listen=listen,
+                        warning="the dashboard has no authentication: anyone who reaches this address can read "
+                                "payloads and cancel or retry jobs; keep it behind something that authenticates")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
