@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +30,7 @@ from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
 MAX_MESSAGE = 64 * 1024 * 1024
+ENQUEUE_BATCH = 1000  # jobs per EnqueueBatch call of enqueue_many
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -170,6 +171,31 @@ class Perdure:
         """Enqueue a call of `name` by name (its handler may live in another process or language).
         Keyword arguments are job options (idempotency_key, max_attempts, timeout, delay, ...)."""
         return await self._enqueue(name, args, {}, JobOptions().merged(**options))
+
+    async def enqueue_many(self, name: str, calls: Iterable[Sequence[Any]], **options: Any) -> list[JobHandle]:
+        """Enqueue one job of `name` per item of `calls` (each a sequence of positional
+        arguments), with the same options, in batches of up to 1000 jobs: each batch is one
+        RPC, one statement and one commit, all of it or none. Returns the handles in order."""
+        checked = JobOptions().merged(**options)
+        if checked.idempotency_key is not None:
+            raise ValueError("enqueue_many gives every job the same options: an idempotency_key would make them one job")
+        if current_context() is not None:
+            raise PerdureError("enqueue_many is not for handlers: spawn children one call at a time (each a checkpoint)")
+        trace_context = _tracing.current_context()
+        requests = []
+        for call in calls:
+            if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
+                raise TypeError(f"each call is a sequence of positional arguments, e.g. (to, subject); got {call!r}")
+            request = checked.request(namespace=self.namespace, name=name,
+                                      payload=_serde.encode_call(name, tuple(call), {}))
+            request.trace_context.update(trace_context)
+            requests.append(request)
+        handles: list[JobHandle] = []
+        for start in range(0, len(requests), ENQUEUE_BATCH):
+            response = await self._call("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(
+                jobs=requests[start:start + ENQUEUE_BATCH]))
+            handles += [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
+        return handles
 
     # -- many jobs at once: listing, dead letters --------------------------------------------
 
@@ -357,6 +383,12 @@ class DurableFunction:
 
     async def __call__(self, *args: Any, **kwargs: Any) -> JobHandle:
         return await self.client._enqueue(self.name, args, kwargs, self.default_options)
+
+    async def enqueue_many(self, calls: Iterable[Sequence[Any]], **options: Any) -> list[JobHandle]:
+        """One job per item of `calls` (each a sequence of positional arguments), in batches:
+        see `Perdure.enqueue_many`. The function's options apply, overridden by `options`."""
+        merged = {k: v for k, v in vars(self.default_options.merged(**options)).items() if v is not None}
+        return await self.client.enqueue_many(self.name, calls, **merged)
 
     def options(self, **overrides: Any) -> _BoundCall:
         """Per-call options: idempotency_key, delay or run_at, priority, labels, concurrency_key,

@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -253,6 +253,10 @@ class Perdure:
         Keyword arguments are job options (idempotency_key, max_attempts, timeout, delay, ...)."""
         return self._enqueue(self._async.enqueue, name, *args, **options)
 
+    def enqueue_many(self, name: str, calls: Iterable[Sequence[Any]], **options: Any) -> list[JobHandle[Any]]:
+        """One job of `name` per item of `calls`, in batches of up to 1000 (one commit each)."""
+        return [JobHandle(self, h) for h in self._call(self._async.enqueue_many, name, list(calls), **options)]
+
     def handle(self, job_id: str) -> JobHandle[Any]:
         """A handle on an existing job, e.g. one whose id was stored earlier."""
         return JobHandle(self, self._async.handle(job_id))
@@ -365,6 +369,10 @@ class DurableFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         return self.client._enqueue(self.aio, *args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[Sequence[Any]], **options: Any) -> list[JobHandle[R]]:
+        """One job per item of `calls` (each a sequence of positional arguments), in batches."""
+        return [JobHandle(self.client, h) for h in self.client._call(self.aio.enqueue_many, list(calls), **options)]
 
     def options(self, **overrides: Any) -> _BoundCall[P, R]:
         """Per-call options: idempotency_key, delay or run_at, priority, labels, concurrency_key,

@@ -26,6 +26,7 @@ MAX_AWAIT = 60.0
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 WATCH_BUFFER = 10_000
+MAX_BATCH = 10_000  # jobs per EnqueueBatch call
 BULK_BATCH = 1000  # rows per statement of RetryJobs and PurgeJobs: short locks, bounded memory
 RETRYABLE_STATES = frozenset({"dead", "cancelled"})
 
@@ -70,6 +71,21 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         row, deduplicated = await self.scheduler.enqueue(job)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
         return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
+
+    @_errors_as_status
+    async def EnqueueBatch(self, request: jobs_pb2.EnqueueBatchRequest,
+                           context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueBatchResponse:
+        if len(request.jobs) > MAX_BATCH:
+            raise InvalidArgument("jobs", f"has {len(request.jobs)} jobs; at most {MAX_BATCH} per call")
+        jobs = []
+        for index, item in enumerate(request.jobs):
+            try:
+                jobs.append(validation.enqueue_request(item, self.max_payload_bytes))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"jobs[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
+        results = await self.scheduler.enqueue_batch(jobs) if jobs else []
+        return jobs_pb2.EnqueueBatchResponse(results=[
+            jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated) for row, deduplicated in results])
 
     @_errors_as_status
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:

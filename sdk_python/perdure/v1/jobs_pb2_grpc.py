@@ -39,6 +39,11 @@ class JobsStub:
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.EnqueueRequest.SerializeToString,
                 response_deserializer=perdure_dot_v1_dot_jobs__pb2.EnqueueResponse.FromString,
                 _registered_method=True)
+        self.EnqueueBatch = channel.unary_unary(
+                '/perdure.v1.Jobs/EnqueueBatch',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/perdure.v1.Jobs/GetJob',
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -96,6 +101,14 @@ class JobsServicer:
 
     def Enqueue(self, request, context):
         """Stores a job and answers once it is committed: an accepted job is never lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnqueueBatch(self, request, context):
+        """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
+        (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +197,11 @@ def add_JobsServicer_to_server(servicer, server):
                     request_deserializer=perdure_dot_v1_dot_jobs__pb2.EnqueueRequest.FromString,
                     response_serializer=perdure_dot_v1_dot_jobs__pb2.EnqueueResponse.SerializeToString,
             ),
+            'EnqueueBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnqueueBatch,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=perdure_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
@@ -262,6 +280,33 @@ class Jobs:
             '/perdure.v1.Jobs/Enqueue',
             perdure_dot_v1_dot_jobs__pb2.EnqueueRequest.SerializeToString,
             perdure_dot_v1_dot_jobs__pb2.EnqueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnqueueBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/perdure.v1.Jobs/EnqueueBatch',
+            perdure_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,10 @@ class JobsStub:
     def __new__(cls, channel: _aio.Channel) -> JobsAsyncStub: ...
     Enqueue: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueRequest, _jobs_pb2.EnqueueResponse]
     """Stores a job and answers once it is committed: an accepted job is never lost."""
+    EnqueueBatch: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueBatchRequest, _jobs_pb2.EnqueueBatchResponse]
+    """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
+    (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """One job with its whole attempt history. NOT_FOUND outside its namespace."""
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
@@ -68,6 +72,10 @@ class JobsAsyncStub(JobsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Enqueue: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueRequest, _jobs_pb2.EnqueueResponse]  # type: ignore[assignment]
     """Stores a job and answers once it is committed: an accepted job is never lost."""
+    EnqueueBatch: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueBatchRequest, _jobs_pb2.EnqueueBatchResponse]  # type: ignore[assignment]
+    """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
+    (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """One job with its whole attempt history. NOT_FOUND outside its namespace."""
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
@@ -106,6 +114,16 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.EnqueueResponse, _abc.Awaitable[_jobs_pb2.EnqueueResponse]]:
         """Stores a job and answers once it is committed: an accepted job is never lost."""
+
+    @_abc_1.abstractmethod
+    def EnqueueBatch(
+        self,
+        request: _jobs_pb2.EnqueueBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.EnqueueBatchResponse, _abc.Awaitable[_jobs_pb2.EnqueueBatchResponse]]:
+        """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
+        (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(

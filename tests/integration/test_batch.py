@@ -1,0 +1,55 @@
+"""Batch enqueue: many jobs in one RPC, one statement and one commit; all or none."""
+
+from __future__ import annotations
+
+import grpc
+import psycopg
+import pytest
+
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+
+
+async def test_enqueue_many__every_job_runs_once_in_order_of_the_calls(make_client, database_url) -> None:
+    client = make_client(worker_concurrency=50)
+    seen: list[int] = []
+
+    @client.durable("batch:square", max_attempts=2)
+    async def square(n: int) -> int:
+        seen.append(n)
+        return n * n
+
+    async with client:
+        await client.wait_until_serving()
+        handles = await square.enqueue_many([(n,) for n in range(2500)], priority=3)
+        assert len(handles) == 2500 and len({h.id for h in handles}) == 2500
+        results = [await handle.result(timeout=60) for handle in handles]
+        details = await handles[-1].details()
+    assert results == [n * n for n in range(2500)]
+    assert sorted(seen) == list(range(2500))
+    assert (details.max_attempts, details.priority, details.args) == (2, 3, [2499])
+
+
+async def test_enqueue_batch__one_invalid_job_refuses_the_whole_batch(sidecar, database_url) -> None:
+    def job(name: str) -> jobs_pb2.EnqueueRequest:
+        return jobs_pb2.EnqueueRequest(name=name, payload=types_pb2.Payload(data=b'{"args": []}', encoding="json"))
+
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=[job("batch:ok"), job("batch:ok"), job("")]))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.details().startswith("jobs[2].name: ")
+        too_many = jobs_pb2.EnqueueBatchRequest(jobs=[job("batch:ok")] * 10_001)
+        with pytest.raises(grpc.aio.AioRpcError, match="at most 10000 per call"):
+            await jobs.EnqueueBatch(too_many)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM perdure.jobs").fetchone()[0] == 0
+
+
+async def test_enqueue_many__refuses_an_idempotency_key_and_non_sequences(make_client) -> None:
+    client = make_client()
+    async with client:
+        with pytest.raises(ValueError, match="same options: an idempotency_key"):
+            await client.enqueue_many("batch:x", [(1,)], idempotency_key="k")
+        with pytest.raises(TypeError, match="sequence of positional arguments"):
+            await client.enqueue_many("batch:x", ["abc"])
