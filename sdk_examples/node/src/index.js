@@ -5,6 +5,7 @@ const { Perdure } = require('./client.js');
 const { JobHandle } = require('./handle.js');
 const { JobContext, context } = require('./context.js');
 const { enqueueInTransaction } = require('./transactional.js');
+const { LocalSidecar } = require('./sidecar.js');
 const errors = require('./errors.js');
 
 module.exports = {
@@ -13,5 +14,6 @@ module.exports = {
   JobContext,
   context,
   enqueueInTransaction,
+  LocalSidecar,
   ...errors,
 };
