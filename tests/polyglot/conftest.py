@@ -144,6 +144,29 @@ async def run_client(driver: Sequence[str], address: str, namespace: str, scenar
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
+def database_url_for_node(conninfo: str) -> str:
+    """A libpq conninfo ("host=... dbname=...") as the URL node-postgres understands."""
+    from urllib.parse import quote, urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    user = quote(params.pop("user", ""), safe="")
+    password = params.pop("password", None)
+    host = params.pop("host", "")
+    port = params.pop("port", None)
+    dbname = quote(params.pop("dbname", ""), safe="")
+    auth = f"{user}:{quote(password, safe='')}@" if password is not None else (f"{user}@" if user else "")
+    if host.startswith("/"):  # a Unix socket directory
+        params["host"] = host
+        host = ""
+    netloc = f"{auth}{host}{':' + port if port and host else ''}"
+    if port and not host:
+        params["port"] = port
+    query = f"?{urlencode(params)}" if params else ""
+    return f"postgresql://{netloc}/{dbname}{query}"
+
+
 def type_matches(actual: str, expected: str) -> bool:
     """An error type is the expected name, or that name qualified by a module (pkg.Name)."""
     return actual == expected or actual.endswith("." + expected)

@@ -371,10 +371,16 @@ function outcomeMessage(jobId, attempt, result) {
 function failure(err) {
   const e = /** @type {any} */ (err);
   const isObject = e !== null && typeof e === 'object';
+  const type = errorType(err);
+  let traceback = isObject && typeof e.stack === 'string' ? e.stack : '';
+  if (typeof e?.name === 'string' && e.name !== type && traceback.startsWith(`${e.name}:`)) {
+    // `class PaymentDeclined extends Error {}` keeps the name "Error" in its stack: say what it is.
+    traceback = type + traceback.slice(e.name.length);
+  }
   return {
-    type: errorType(err),
+    type,
     message: isObject && typeof e.message === 'string' ? e.message : String(err),
-    traceback: isObject && typeof e.stack === 'string' ? e.stack : '',
+    traceback,
     nonRetryable: err instanceof NonRetryableError || (isObject && e.nonRetryable === true),
   };
 }

@@ -80,7 +80,7 @@ test('dead after max attempts: the error type, message and stack come back', { s
   const err = await handle.result({ timeout: 30 }).then(() => null, (e) => e);
   assert.ok(err instanceof JobDeadError, String(err));
   assert.deepEqual([err.errorType, err.errorMessage, err.attempts], ['PaymentDeclined', 'card expired', 2]);
-  assert.match(err.traceback, /card expired\n\s+at .*sdk.test.js/);
+  assert.match(err.traceback, /^PaymentDeclined: card expired\n\s+at .*sdk.test.js/);
   assert.equal(await handle.status(), 'dead');
   await until(() => events.length === 3, 'the lifecycle callbacks');
   assert.deepEqual(events, ['error:1:PaymentDeclined', 'error:2:PaymentDeclined', 'dead:2']);
@@ -209,7 +209,6 @@ test('stop() drains: a handler past the grace is stopped and its job runs again 
   await first.stop();
   assert.deepEqual(reasons, ['shutdown']);
   const second = await client({ namespace: first.namespace });
-  console.log('DBG', first.namespace, second.namespace, handle.id, handle._client.namespace);
   second.durable('jobs:long', async () => 'done on the second worker');
   await second.start();
   assert.equal(await second.handle(handle.id).result({ timeout: 30 }), 'done on the second worker');

@@ -110,6 +110,8 @@ test('errors: a thrown value becomes the attempt error, NonRetryableError or non
   assert.equal(failure(new NonRetryableError('no')).nonRetryable, true);
   assert.equal(failure(Object.assign(new Error('flagged'), { nonRetryable: true })).nonRetryable, true);
   assert.deepEqual([failure('oops').type, failure('oops').message], ['Error', 'oops']);
+  class PaymentDeclined extends Error {}
+  assert.match(failure(new PaymentDeclined('card expired')).traceback, /^PaymentDeclined: card expired\n\s+at /);
 });
 
 test('grpc: the Work stream is bidirectional, on the contract\'s path', () => {
