@@ -30,3 +30,9 @@ def test_committed_node_stubs__match_a_fresh_generation(node_sdk) -> None:
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_protos.py"), "--check", "--lang", "node"],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_node_sdk__type_checks_against_the_generated_types(node_sdk) -> None:
+    check = subprocess.run([str(NODE_SDK / "node_modules" / ".bin" / "tsc"), "-p", "tsconfig.json"], cwd=NODE_SDK,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

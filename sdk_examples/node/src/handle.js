@@ -45,8 +45,58 @@ function errorInfo(message) {
 const time = (ts) => (ts ? timestampDate(ts) : null);
 
 /**
+ * @typedef {object} AttemptRecord
+ * @property {number} number 1 for the first attempt
+ * @property {string} outcome running, succeeded, failed, timed_out, worker_lost, lease_expired, cancelled, released, suspended
+ * @property {Date | null} startedAt
+ * @property {Date | null} endedAt
+ * @property {string} workerId
+ * @property {string} sidecarId
+ * @property {ErrorInfo | null} error
+ */
+
+/**
  * Everything GetJob returns, in JavaScript terms (times as Dates, durations in seconds).
+ * @typedef {object} JobDetails
+ * @property {string} id
+ * @property {string} namespace
+ * @property {string} name
+ * @property {string} status pending, running, suspended, success, dead or cancelled
+ * @property {number} attempt attempts started so far
+ * @property {number} maxAttempts
+ * @property {string} backoff
+ * @property {number} initialDelay
+ * @property {number} maxDelay
+ * @property {number} jitter
+ * @property {number} timeout
+ * @property {unknown[]} args
+ * @property {Record<string, unknown>} kwargs
+ * @property {unknown} result
+ * @property {ErrorInfo | null} error the last attempt's error
+ * @property {string | null} idempotencyKey
+ * @property {string | null} parentId
+ * @property {Date | null} createdAt
+ * @property {Date | null} runAt
+ * @property {Date | null} startedAt
+ * @property {Date | null} finishedAt
+ * @property {AttemptRecord[]} attempts oldest first
+ * @property {{name: string, status: string, attempt: number, result: unknown, error: ErrorInfo | null,
+ *   recordedAt: Date | null}[]} steps
+ * @property {{current: number, total: number, message: string, at: Date | null} | null} progress
+ * @property {{attempt: number, level: string, message: string, at: Date | null}[]} logs
+ * @property {string | null} waitingFor
+ * @property {JobDetails[]} children the jobs this one spawned, without their own history
+ * @property {number} priority
+ * @property {Record<string, string>} labels
+ * @property {string | null} concurrencyKey
+ * @property {Date | null} startBy
+ * @property {number | null} maxDuration
+ * @property {Date | null} deadline
+ */
+
+/**
  * @param {import('../gen/perdure/v1/types_pb.js').Job} job
+ * @returns {JobDetails}
  */
 function detailsFrom(job) {
   const { args, kwargs } = serde.decodeCall(job.payload);
@@ -105,8 +155,6 @@ function detailsFrom(job) {
     deadline: time(job.deadline),
   };
 }
-
-/** @typedef {ReturnType<typeof detailsFrom>} JobDetails */
 
 /** A job enqueued through a sidecar. Cheap to make: `perdure.handle(jobId)`. */
 class JobHandle {

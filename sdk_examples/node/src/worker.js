@@ -103,7 +103,7 @@ class Worker {
   untilRegistered() {
     if (this.fatal) return Promise.reject(this.fatal);
     if (this.registered) return Promise.resolve();
-    return new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
+    return /** @type {Promise<void>} */ (new Promise((resolve, reject) => { this._waiters.push({ resolve: () => resolve(undefined), reject }); }));
   }
 
   /** Keep a stream open until stopped, reconnecting with backoff when the sidecar goes away. */
