@@ -6,9 +6,9 @@ import argparse
 import signal
 import sys
 
-from bench import latency
+from bench import latency, throughput
 
-SCENARIOS = {"latency": latency}
+SCENARIOS = {"latency": latency, "throughput": throughput}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,3 +90,33 @@ def summary(samples_ms: list[float]) -> dict[str, float]:
 def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
     """The median, figure by figure, of several runs' summaries."""
     return {key: round(statistics.median(s[key] for s in summaries), 3) for key in summaries[0]}
+
+
+@contextlib.contextmanager
+def worker_process(address: str, namespace: str, concurrency: int = 256) -> Iterator[subprocess.Popen[str]]:
+    """`python -m bench.worker` serving bench:noop; yields once its stream is registered."""
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "bench.worker", "--address", address, "--namespace", namespace,
+                                "--concurrency", str(concurrency)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the benchmark worker did not start")
+        yield process
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def count_jobs(url: str, namespace: str, state: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM perdure.jobs WHERE namespace = %s AND state = %s",
+                           (namespace, state)).fetchone()
+        return int(row[0]) if row else 0

@@ -29,7 +29,7 @@ import statistics
 import time
 import uuid
 
-from bench import harness
+from bench import floor, harness
 from perdure import Perdure
 
 WARMUP = 50
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
     runs: list[dict[str, dict[str, float]]] = []
     rss: list[float] = []
     with harness.database(args.database_url) as db:
+        floors = floor.measure(db.url)
         for number in range(1, args.runs + 1):
             with harness.perdured(db.url) as sidecar:
                 samples = asyncio.run(measure(sidecar.address, args.jobs))
@@ -89,19 +90,34 @@ def run(args: argparse.Namespace) -> None:
                 print(f"run {number}/{args.runs}: p95 " + ", ".join(
                     f"{metric.replace('_', ' ')} {runs[-1][metric]['p95']:.3f} ms" for metric in METRICS))
     figures = {metric: harness.median_summary([r[metric] for r in runs]) for metric in METRICS}
+    floor_p95 = floor_for(floors)
     sidecar_rss = round(statistics.median(rss), 1)
 
     runs_note = f", median of {args.runs} runs" if args.runs > 1 else ""
     print(f"latency: {args.jobs} sequential no-op jobs, 1 SDK process, 1 perdured, "
           f"PostgreSQL {db.label}{runs_note}")
-    print(f"{'(ms)':<16}" + "".join(f"{k:>10}" for k in FIGURES) + f"{'target p95':>13}{'Reseolio p95':>15}")
+    floor.print_floor(floors)
+    print(f"{'(ms)':<16}" + "".join(f"{k:>10}" for k in FIGURES) + f"{'target p95':>13}{'Reseolio p95':>15}"
+          + f"{'floor p95':>12}{'x floor':>9}")
     for metric in METRICS:
         row = figures[metric]
         print(f"{metric.replace('_', ' '):<16}" + "".join(f" {row[k]:>9.3f}" for k in FIGURES)
-              + f"{TARGET_P95[metric]:>13.3f}{RESEOLIO_P95[metric]:>15.3f}")
+              + f"{TARGET_P95[metric]:>13.3f}{RESEOLIO_P95[metric]:>15.3f}"
+              + f"{floor_p95[metric]:>12.3f}{row['p95'] / floor_p95[metric]:>9.2f}")
     print(f"sidecar RSS after the run: {sidecar_rss:.1f} MB")
     print(json.dumps({
         "scenario": "latency", "jobs": args.jobs, "runs": args.runs,
         **{f"{metric}_ms": figures[metric] for metric in METRICS},
-        "sidecar_rss_mb": sidecar_rss, "postgres": db.label,
+        "sidecar_rss_mb": sidecar_rss, "postgres": db.label, "floor_ms": floors,
+        "x_floor_p95": {metric: round(figures[metric]["p95"] / floor_p95[metric], 2) for metric in METRICS},
     }))
+
+
+def floor_for(floors: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What each figure cannot beat, from the floors' p95: an enqueue is one RPC and one commit;
+    a job started in its own insert adds the stream's hop to the worker (about half an RPC);
+    a round trip is two RPCs (enqueue, await) and two commits (the job, its outcome)."""
+    rpc, commit = floors["grpc_round_trip"]["p95"], floors["committed_insert"]["p95"]
+    return {"enqueue": rpc + commit, "scheduling_lag": rpc * 1.5 + commit,
+            "round_trip": 2 * rpc + 2 * commit}
+

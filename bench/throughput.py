@@ -1,0 +1,93 @@
+"""Throughput: (a) batch-enqueue N no-op jobs; (b) drain them with one SDK worker process;
+(c) sustained mixed load: concurrent callers enqueue and await while the worker executes.
+
+Against, in the same run on the same PostgreSQL: the floor (floor.py) and the peer,
+pgqueuer, draining the same number of jobs with one process (peer.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+
+from bench import floor, harness, peer
+from perdure import Perdure
+
+TARGETS = {"batch_enqueue": 50_000, "drain": 10_000, "mixed": 5_000}  # jobs per second
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=50_000, help="jobs to enqueue and drain (default 50000)")
+    parser.add_argument("--callers", type=int, default=32, help="concurrent callers of the mixed load (default 32)")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of mixed load (default 20)")
+    parser.add_argument("--concurrency", type=int, default=256, help="the worker's concurrency (default 256)")
+    parser.add_argument("--database-url", default=None,
+                        help="PostgreSQL to use (default: an embedded one in a temporary directory)")
+
+
+async def batch_enqueue(address: str, namespace: str, jobs: int) -> float:
+    async with Perdure(address=address, namespace=namespace) as client:
+        begin = time.perf_counter()
+        await client.enqueue_many("bench:noop", [(n,) for n in range(jobs)])
+        return jobs / (time.perf_counter() - begin)
+
+
+def drain(url: str, address: str, namespace: str, jobs: int, concurrency: int) -> float:
+    with harness.worker_process(address, namespace, concurrency):
+        begin = time.perf_counter()
+        while harness.count_jobs(url, namespace, "success") < jobs:
+            time.sleep(0.05)
+        return jobs / (time.perf_counter() - begin)
+
+
+async def mixed(address: str, namespace: str, callers: int, duration: float) -> tuple[float, dict[str, float]]:
+    """Each caller enqueues a job and awaits its result, again and again, for `duration`."""
+    latencies: list[float] = []
+    async with Perdure(address=address, namespace=namespace) as client:
+        deadline = time.perf_counter() + duration
+
+        async def caller() -> None:
+            while time.perf_counter() < deadline:
+                begin = time.perf_counter()
+                handle = await client.enqueue("bench:noop")
+                await handle.result(timeout=60)
+                latencies.append((time.perf_counter() - begin) * 1000)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - begin
+    return len(latencies) / elapsed, harness.summary(latencies)
+
+
+def run(args: argparse.Namespace) -> None:
+    with harness.database(args.database_url) as db:
+        floors = floor.measure(db.url)
+        peer_rate = peer.measure(db.url, args.jobs)
+        with harness.perdured(db.url) as sidecar:
+            namespace = f"bench-{uuid.uuid4().hex[:8]}"
+            enqueue_rate = asyncio.run(batch_enqueue(sidecar.address, namespace, args.jobs))
+            drain_rate = drain(db.url, sidecar.address, namespace, args.jobs, args.concurrency)
+            with harness.worker_process(sidecar.address, namespace, args.concurrency):
+                mixed_rate, mixed_latency = asyncio.run(mixed(sidecar.address, namespace, args.callers, args.duration))
+            rss = sidecar.rss_mb()
+
+    print(f"throughput: {args.jobs} no-op jobs, 1 worker process (concurrency {args.concurrency}), 1 perdured, "
+          f"PostgreSQL {db.label}")
+    floor.print_floor(floors)
+    rows = [("batch enqueue", enqueue_rate, "batch_enqueue"), ("drain", drain_rate, "drain"),
+            (f"mixed ({args.callers} callers)", mixed_rate, "mixed")]
+    print(f"{'':<22}{'jobs/s':>10}{'target':>10}{'peer':>10}{'ratio to peer':>15}")
+    for label, rate, key in rows:
+        peer_cell = f"{peer_rate:>10.0f}{rate / peer_rate:>15.2f}" if key == "drain" and peer_rate else ""
+        print(f"{label:<22}{rate:>10.0f}{TARGETS[key]:>10}{peer_cell}")
+    print(f"mixed round trip (ms): p50 {mixed_latency['p50']:.3f}  p95 {mixed_latency['p95']:.3f}  "
+          f"p99 {mixed_latency['p99']:.3f}; sidecar RSS after the run: {rss:.1f} MB")
+    print(json.dumps({
+        "scenario": "throughput", "jobs": args.jobs, "batch_enqueue_per_s": round(enqueue_rate),
+        "drain_per_s": round(drain_rate), "mixed_per_s": round(mixed_rate), "mixed_round_trip_ms": mixed_latency,
+        "peer_drain_per_s": round(peer_rate) if peer_rate else None, "floor_ms": floors,
+        "sidecar_rss_mb": round(rss, 1), "postgres": db.label,
+    }))

@@ -1,0 +1,37 @@
+"""A worker process for the benchmarks: serves the no-op function `bench:noop` through a
+sidecar. `python -m bench.worker --address A --namespace N --concurrency C` prints `ready`
+once its stream is registered, then serves until its standard input closes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from perdure import Perdure
+
+
+async def serve(address: str, namespace: str, concurrency: int) -> None:
+    perdure = Perdure(address=address, namespace=namespace, worker_concurrency=concurrency)
+
+    @perdure.durable("bench:noop")
+    async def noop(*args: object) -> None:
+        return None
+
+    async with perdure:
+        await perdure.wait_until_serving()
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    asyncio.run(serve(args.address, args.namespace, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()
