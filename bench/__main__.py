@@ -6,9 +6,9 @@ import argparse
 import signal
 import sys
 
-from bench import latency, throughput
+from bench import idle, latency, throughput
 
-SCENARIOS = {"latency": latency, "throughput": throughput}
+SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""A worker process for the benchmarks: serves the no-op function `bench:noop` through a
-sidecar. `python -m bench.worker --address A --namespace N --concurrency C` prints `ready`
+"""A worker process for the benchmarks: serves the no-op function `bench:noop`, and
+`bench:hold` (which never returns), through a sidecar. `python -m bench.worker --address A --namespace N --concurrency C` prints `ready`
 once its stream is registered, then serves until its standard input closes."""
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ async def serve(address: str, namespace: str, concurrency: int) -> None:
     @perdure.durable("bench:noop")
     async def noop(*args: object) -> None:
         return None
+
+    @perdure.durable("bench:hold", timeout=3600)
+    async def hold(*args: object) -> None:
+        await asyncio.Event().wait()  # in flight until the process ends
 
     async with perdure:
         await perdure.wait_until_serving()

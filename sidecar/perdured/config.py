@@ -19,7 +19,7 @@ class Settings:
     log_level: str = "info"
     data_dir: Path = Path(".perdure")
     shutdown_grace: float = 15.0
-    poll_interval: float = 5.0
+    poll_interval: float = 30.0
     max_payload_bytes: int = 4 * 1024 * 1024
     pool_size: int = 10
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept

@@ -17,8 +17,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
 from perdured.logs import log
 
 # The events counted per function, and the activity columns they add to.
@@ -27,8 +25,28 @@ FLUSH_INTERVAL = 5.0  # seconds between additions to perdure.activity
 LABELS = ("namespace", "function")
 
 
+class _Unserved:
+    """Stands for every Prometheus metric when metrics are not served: prometheus_client is not
+    even imported then (it costs a sidecar about 10 MB)."""
+
+    def labels(self, *values: str) -> _Unserved:
+        return self
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, served: bool = False) -> None:
+        self._activity: Tally[tuple[str, str, datetime, str]] = Tally()
+        if not served:
+            unserved: Any = _Unserved()
+            self._events = dict.fromkeys(EVENTS, unserved)
+            self.attempt_duration = self.scheduling_lag = self.queue_depth = unserved
+            self.leases_reclaimed = self.workers_connected = self.database_errors = unserved
+            return
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = registry = CollectorRegistry()
         self._events = {
             "enqueued": Counter("perdure_jobs_enqueued", "Jobs enqueued.", LABELS, registry=registry),
@@ -56,7 +74,6 @@ class Metrics:
         self.workers_connected = Gauge("perdure_workers_connected", "Workers connected to this sidecar.",
                                        registry=registry)
         self.database_errors = Counter("perdure_database_errors", "Statements that failed.", registry=registry)
-        self._activity: Tally[tuple[str, str, datetime, str]] = Tally()
 
     def count(self, event: str, rows: list[dict[str, object]] | None = None, *, namespace: str = "",
               name: str = "", n: int = 1) -> None:
@@ -69,6 +86,8 @@ class Metrics:
 
     def serve(self, listen: str) -> Callable[[], None]:
         """Expose /metrics over HTTP (a thread of prometheus_client); returns how to stop it."""
+        from prometheus_client import start_http_server
+
         host, _, port = listen.rpartition(":")
         server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
 

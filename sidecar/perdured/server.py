@@ -80,7 +80,7 @@ class Sidecar:
         applied = await apply_migrations(url)
         log.info("database.ready", migrations_applied=applied)
 
-        self.metrics = metrics = Metrics()
+        self.metrics = metrics = Metrics(served=bool(settings.metrics_listen))
         self._store = store = await Store.open(url, settings.pool_size, metrics)
         events = EventHub(url)
         self._tasks.append(asyncio.create_task(events.run(), name="events"))
