@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     except (TokensError, TLSError, ExposureError) as exc:  # what to fix, in one line
         logs.log.error("sidecar.refused", error=str(exc))
         sys.exit(logs.redact(f"perdured: {exc}"))
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:  # unreachable, refused, a bad URL
         url = logs.redact_database_url(settings.database_url or "the embedded PostgreSQL")
         logs.log.error("database.unreachable", database=url, error=str(exc))
         sys.exit(logs.redact(f"perdured: cannot connect to the database {url}: {logs.one_line(str(exc))}"))

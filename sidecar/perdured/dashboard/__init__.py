@@ -15,7 +15,7 @@ from aiohttp import web
 from perdured.auth import Tokens
 from perdured.config import is_loopback
 from perdured.dashboard.app import AccessLogger, DashboardApp
-from perdured.dashboard.login import Sessions, TokenInterceptor
+from perdured.dashboard.login import Sessions, token_interceptors
 from perdured.logs import log
 
 __all__ = ["Dashboard", "dial_address"]
@@ -63,7 +63,7 @@ class Dashboard:
         self._channel = grpc.aio.insecure_channel(dial_address(self.sidecar_address), options=[
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
-        ], interceptors=[TokenInterceptor(self.own_token)] if self.tokens and self.own_token else None)
+        ], interceptors=token_interceptors(self.own_token) if self.tokens and self.own_token else None)
         loopback = is_loopback(host)
         routes = DashboardApp(self._channel, check_host=loopback,
                               sessions=Sessions(self.tokens) if self.tokens else None,

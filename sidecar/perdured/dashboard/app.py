@@ -173,7 +173,6 @@ class DashboardApp:
             raise _error(401, "log in: this dashboard needs one of the sidecar's tokens")
         forwarded.set(session.token)  # for this request's RPCs: the sidecar checks what it may do
         access.caller.set(session.scope)  # and validation.namespace here
-        request["session"] = session
         return await handler(request)
 
     def _session(self, request: web.Request) -> Session | None:
@@ -264,9 +263,9 @@ class DashboardApp:
     async def namespaces(self, request: web.Request) -> web.Response:
         """The namespaces with jobs, recent activity or workers (and "default"); with a token
         for some namespaces only, those."""
-        session: Session | None = request.get("session")
-        if session is not None and session.scope.namespaces is not None:
-            return _json({"namespaces": sorted(session.scope.namespaces)})
+        scope = access.caller.get()  # set by the login, if there are tokens
+        if scope is not None and scope.namespaces is not None:
+            return _json({"namespaces": sorted(scope.namespaces)})
         stats, workers = await asyncio.gather(
             self.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT),
             self.admin.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=RPC_TIMEOUT))

@@ -6,7 +6,7 @@ it on the server in a session, and the browser keeps only the session's random i
 carry. Scripts may send `Authorization: Bearer TOKEN` instead.
 
 Each request then calls the sidecar with the session's token (the `forwarded` variable, put
-into the metadata of every call by `TokenInterceptor`), so the sidecar itself decides what the
+into the metadata of every call by `token_interceptors`), so the sidecar itself decides what the
 token may see and do, exactly as for any client. The live feeds, shared by everyone watching a
 namespace, call it with the dashboard's own token, after the dashboard has checked that the
 person's token may use the namespace.
@@ -76,9 +76,10 @@ class Sessions:
             del self._sessions[session_id]
 
 
-class TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _Token:
     """Puts `authorization: Bearer <token>` into every call: the person's (`forwarded`) or the
-    dashboard's own."""
+    dashboard's own. (grpc.aio files an interceptor under the first kind it implements: one
+    subclass per kind the dashboard uses.)"""
 
     def __init__(self, own_token: str) -> None:
         self.own_token = own_token
@@ -89,10 +90,19 @@ class TokenInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStrea
         return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
                                           details.wait_for_ready)
 
+
+class _UnaryUnary(_Token, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
                                     request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _UnaryStream(_Token, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails,
                                      request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
+
+
+def token_interceptors(own_token: str) -> list[grpc.aio.ClientInterceptor]:
+    """For the dashboard's channel: unary calls (the API) and server streams (WatchJobs)."""
+    return [_UnaryUnary(own_token), _UnaryStream(own_token)]
