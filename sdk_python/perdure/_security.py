@@ -63,16 +63,20 @@ class ClientSecurity:
             token = str(token).strip()
             if not token or any(ord(c) < 0x21 or ord(c) > 0x7e for c in token):
                 raise ValueError("token must be printable ASCII without spaces")
+        wanted = tls
+        if wanted is None and (flag := env.get(ENVIRONMENT["tls"], "").strip().lower()):
+            wanted = flag in _TRUE
+        if wanted is False:  # plain text: TLS files in the environment do not count
+            given = [name for name, value in (("tls_ca", tls_ca), ("tls_cert", tls_cert), ("tls_key", tls_key),
+                                              ("tls_server_name", tls_server_name)) if value is not None]
+            if given:
+                raise ValueError(f"tls is false, but {', '.join(given)} given")
+            return cls(token=token)
         ca_path, cert_path, key_path = pick(tls_ca, "tls_ca"), pick(tls_cert, "tls_cert"), pick(tls_key, "tls_key")
         server_name = pick(tls_server_name, "tls_server_name")
-        wanted = pick(tls, "tls")
-        if isinstance(wanted, str):
-            wanted = wanted.strip().lower() in _TRUE
         if (cert_path is None) != (key_path is None):
             raise ValueError("give tls_cert and tls_key together (this client's certificate and its private key)")
         use_tls = bool(wanted) or any(v is not None for v in (ca_path, cert_path, server_name))
-        if wanted is False and any(v is not None for v in (ca_path, cert_path, server_name)):
-            raise ValueError("tls=False, but TLS settings are given (tls_ca, tls_cert, tls_server_name)")
         return cls(token=token, tls=use_tls, ca=_read(ca_path, "tls_ca"), cert=_read(cert_path, "tls_cert"),
                    key=_read(key_path, "tls_key"), server_name=server_name)
 

@@ -48,7 +48,7 @@ def _errors_as_status(method: Handler) -> Handler:
         except InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PermissionDenied as exc:
-            log.info("auth.denied", rpc=method.__name__, error=str(exc))
+            log.warning("auth.denied", rpc=method.__name__, error=str(exc))
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except psycopg.OperationalError as exc:
             log.error("database.unavailable", rpc=method.__name__, error=str(exc))

@@ -112,10 +112,11 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--retention-interval", "PERDURE_RETENTION_INTERVAL", _positive_float,
      "Seconds between deletions of old finished jobs (one sidecar at a time does them)."),
     ("--metrics-listen", "PERDURE_METRICS_LISTEN", str,
-     "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off."),
+     "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off. With tokens, "
+     "it asks for one; beyond loopback, it needs TLS and tokens (HTTPS)."),
     ("--dashboard-listen", "PERDURE_DASHBOARD_LISTEN", _address,
-     "Serve the web dashboard at http://HOST:PORT/ (usually 127.0.0.1:7434). Unset: off. It has no "
-     "authentication: a non-loopback HOST is refused unless --dashboard-allow-remote is given."),
+     "Serve the web dashboard at http://HOST:PORT/ (usually 127.0.0.1:7434). Unset: off. With tokens, it asks "
+     "for one in a login form; beyond loopback, it needs TLS and tokens (HTTPS)."),
     ("--dashboard-allow-remote", "PERDURE_DASHBOARD_ALLOW_REMOTE", _boolean,
      "Allow --dashboard-listen on a non-loopback address without TLS and tokens (only behind something "
      "that does both)."),

@@ -146,7 +146,7 @@ class Dispatcher:
         except validation.InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PermissionDenied as exc:
-            log.info("auth.denied", rpc="Work", error=str(exc))
+            log.warning("auth.denied", rpc="Work", error=str(exc))
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         namespace, names = registration.namespace, registration.names
         try:

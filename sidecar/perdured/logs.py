@@ -34,12 +34,16 @@ def add_secret(secret: str | None) -> None:
         _secrets.add(secret)
 
 
+def _redact_passwords(text: str) -> str:
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + (MASK if m["secret"] else "") + m["tail"], text)
+    return _PAIR_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+
+
 def redact(text: str) -> str:
     """`text` without the registered secrets and without passwords of URLs or connection strings."""
     if not text:
         return text
-    text = _URL_PASSWORD.sub(lambda m: m["head"] + (MASK if m["secret"] else "") + m["tail"], text)
-    text = _PAIR_PASSWORD.sub(lambda m: m["head"] + MASK, text)
+    text = _redact_passwords(text)
     for secret in sorted(_secrets, key=len, reverse=True):  # the longest first: one may contain another
         if secret in text:
             text = text.replace(secret, MASK)
@@ -70,8 +74,9 @@ def database_password(url: str) -> list[str]:
 
 
 def redact_database_url(url: str) -> str:
-    """The URL or connection string as it can be shown: its password replaced with `***`."""
-    return redact(url)
+    """The URL or connection string as it can be shown: its password (where the syntax puts
+    it) replaced with `***`, nothing else."""
+    return _redact_passwords(url)
 
 
 def _redacted(value: Any) -> Any:

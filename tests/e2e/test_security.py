@@ -143,3 +143,20 @@ def test_perdured_health__over_tls_with_client_certificates(database_url, certs,
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_unusable_tokens_or_certificates__refuse_to_start_in_one_line(certs, tmp_path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{ADMIN} billing\n{ADMIN} shipping\n")
+    cases = {
+        ("--tokens-file", str(tokens)): "line 2: the same token as line 1",
+        ("--tokens-file", str(tmp_path / "missing")): "cannot read it",
+        ("--tls-cert", str(certs.server_cert), "--tls-key", str(certs.client_key)): "do not make a certificate and its private key",
+        ("--tls-cert", str(certs.server_cert), "--tls-key", str(tmp_path / "missing.pem")): "cannot read",
+    }
+    for args, problem in cases.items():
+        done = perdured(*args, "--data-dir", str(tmp_path / "data"))  # refused before any database starts
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and lines[-1].startswith("perdured: ") and problem in lines[-1], done.stderr
+        assert ADMIN not in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "data").exists()

@@ -561,3 +561,23 @@ async def test_beyond_loopback__without_tls_and_tokens_the_sidecar_does_not_star
         assert (await raw_status(f"127.0.0.1:{port}", None))[0] == grpc.StatusCode.OK
     finally:
         await insecure.stop()
+
+
+async def test_tls__a_renewed_certificate_is_used_without_a_restart(database_url, certs, tmp_path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(certs.server_cert.read_bytes())
+    key.write_bytes(certs.server_key.read_bytes())
+    sidecar = await start_sidecar(database_url, tls_cert=cert, tls_key=key, token=ADMIN)
+    try:
+        old = grpc.ssl_channel_credentials(certs.ca.read_bytes())
+        assert (await raw_status(sidecar.address, old, metadata=bearer(ADMIN)))[0] == grpc.StatusCode.OK
+        # A renewal (cert-manager, certbot) writes new files in place; here from a new authority,
+        # so that the test can tell which certificate a connection got.
+        renewed = make_certificates(tmp_path / "renewed")
+        key.write_bytes(renewed.server_key.read_bytes())
+        cert.write_bytes(renewed.server_cert.read_bytes())
+        new = grpc.ssl_channel_credentials(renewed.ca.read_bytes())
+        assert (await raw_status(sidecar.address, new, metadata=bearer(ADMIN)))[0] == grpc.StatusCode.OK
+        assert (await raw_status(sidecar.address, old, metadata=bearer(ADMIN)))[0] == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await sidecar.stop()

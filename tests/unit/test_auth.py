@@ -4,6 +4,7 @@ rules enforced on real calls are in tests/integration/test_security.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ billing-aaaaaaaaaaaaaaaa   billing,shipping     # the billing app
 admin-bbbbbbbbbbbbbbbbbb   *
   reports-cccccccccccccc   reports , analytics
 """
+
+
+@pytest.fixture(autouse=True)
+def secrets() -> Iterator[None]:
+    """Each test starts with no secret registered (other tests' sidecars register theirs), and
+    those it registers are forgotten after it."""
+    kept = set(logs._secrets)
+    logs._secrets.clear()
+    yield
+    logs._secrets.clear()
+    logs._secrets.update(kept)
 
 
 def test_tokens_file__tokens_with_their_namespaces_comments_and_blank_lines() -> None:
