@@ -17,6 +17,7 @@ For code without an event loop (Flask, Django, scripts), `perdure.sync` is the s
 from perdure._client import DurableFunction, Perdure
 from perdure._context import JobContext, context
 from perdure._errors import (
+    AuthenticationError,
     EventTimeoutError,
     InvalidArgumentError,
     JobCancelledError,
@@ -27,6 +28,7 @@ from perdure._errors import (
     NotInJobError,
     NotStartedError,
     PerdureError,
+    PermissionDeniedError,
     ScheduleExistsError,
     ScheduleNotFoundError,
     SidecarUnavailableError,
@@ -41,6 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttemptRecord",
+    "AuthenticationError",
     "DurableFunction",
     "ErrorInfo",
     "EventTimeoutError",
@@ -61,6 +64,7 @@ __all__ = [
     "NotStartedError",
     "Perdure",
     "PerdureError",
+    "PermissionDeniedError",
     "ProgressInfo",
     "RateLimit",
     "Schedule",

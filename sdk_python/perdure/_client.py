@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,15 +16,18 @@ import grpc
 from perdure import _serde, _tracing
 from perdure._context import current_context
 from perdure._errors import (
+    AuthenticationError,
     InvalidArgumentError,
     JobNotFoundError,
     NotStartedError,
     PerdureError,
+    PermissionDeniedError,
     SidecarUnavailableError,
 )
 from perdure._handle import STATES, JobDetails, JobHandle, details_from
 from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._schedules import Schedules, ScheduleSpec, check_spec
+from perdure._security import ClientSecurity
 from perdure._sidecar import LocalSidecar
 from perdure._worker import Callback, JobEvent, Worker
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -40,15 +44,33 @@ class Perdure:
         Perdure()                               # spawns a local perdured on the embedded PostgreSQL
         Perdure(storage="postgresql://...")     # spawns perdured against that database
         Perdure(address="127.0.0.1:7433")       # uses a running sidecar
+        Perdure(address="perdured.internal:7433", token=..., tls_ca="ca.pem")   # one that asks for TLS and a token
 
     Use it as `async with perdure:` (or `await perdure.start()` / `await perdure.stop()`).
+
+    With `address`, `token` is sent with every call (`authorization: Bearer <token>`) and any TLS
+    option makes the connection TLS: `tls_ca` (the authority of the sidecar's certificate; PEM
+    file), `tls_cert` and `tls_key` (this client's certificate, when the sidecar requires one),
+    `tls_server_name` (the name to expect in the certificate), `tls=True` (TLS with the system's
+    authorities). Each defaults to its variable: PERDURE_TOKEN, PERDURE_TLS_CA,
+    PERDURE_TLS_CLIENT_CERT, PERDURE_TLS_CLIENT_KEY, PERDURE_TLS_SERVER_NAME, PERDURE_TLS. A
+    sidecar this client spawns (no `address`) serves it alone, over loopback, and needs none.
     """
 
     def __init__(self, *, address: str | None = None, storage: str | None = None,
                  namespace: str = "default", worker_concurrency: int = 10,
-                 data_dir: str | Path | None = None, shutdown_grace: float = 10.0) -> None:
+                 data_dir: str | Path | None = None, shutdown_grace: float = 10.0,
+                 token: str | None = None, tls: bool | None = None, tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                 tls_server_name: str | None = None) -> None:
         if address and storage:
             raise ValueError("give either address (a running sidecar) or storage (a database for a spawned one), not both")
+        security = {"token": token, "tls": tls, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+                    "tls_server_name": tls_server_name}
+        if not address and any(value is not None for value in security.values()):
+            given = ", ".join(name for name, value in security.items() if value is not None)
+            raise ValueError(f"{given}: only for a running sidecar (address=); the sidecar Perdure spawns "
+                             "without one serves this process alone, over loopback")
         if not isinstance(worker_concurrency, int) or isinstance(worker_concurrency, bool) or worker_concurrency < 1:
             raise ValueError(f"worker_concurrency must be an integer of at least 1, got {worker_concurrency!r}")
         if not namespace or not isinstance(namespace, str):
@@ -57,6 +79,7 @@ class Perdure:
         self.namespace = namespace
         self.worker_concurrency = worker_concurrency
         self.shutdown_grace = shutdown_grace
+        self._security = ClientSecurity.of(**security, environ=os.environ) if address else ClientSecurity()  # type: ignore[arg-type]
         self._sidecar = None if address else LocalSidecar(storage=storage, data_dir=data_dir)
         self._functions: dict[str, DurableFunction] = {}
         self._callbacks: dict[str, list[Callback]] = {event: [] for event in EVENTS}
@@ -78,7 +101,7 @@ class Perdure:
             if self._sidecar is not None:
                 self.address = await self._sidecar.start()
             assert self.address
-            self._channel = grpc.aio.insecure_channel(self.address, options=[
+            self._channel = self._security.aio_channel(self.address, options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ])
@@ -114,9 +137,21 @@ class Perdure:
 
     async def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Wait until the worker stream is registered with the sidecar (useful in tests and demos)."""
-        if self._worker is None:
+        if self._worker is None or self._worker_task is None:
             raise PerdureError("this process serves no durable functions")
-        await asyncio.wait_for(self._worker.registered.wait(), timeout)
+        registered = asyncio.ensure_future(self._worker.registered.wait())
+        try:
+            done, _ = await asyncio.wait({registered, self._worker_task}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            registered.cancel()
+        if self._worker_task in done:  # the sidecar refused the worker for good
+            failure = self._worker_task.exception()
+            if isinstance(failure, grpc.aio.AioRpcError):
+                raise _translate(failure) from None
+            raise PerdureError(f"the worker stopped: {failure!r}")
+        if not done:
+            raise TimeoutError(f"the worker did not register within {timeout:g} s")
 
     # -- durable functions ----------------------------------------------------------------
 
@@ -362,6 +397,10 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
         return JobNotFoundError(detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return SidecarUnavailableError(f"perdured is unavailable ({code.name}): {detail}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(f"perdured refused the call: {detail} (the token option, or PERDURE_TOKEN)")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(detail)
     return PerdureError(f"{code.name}: {detail}")
 
 

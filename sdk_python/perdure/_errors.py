@@ -30,6 +30,14 @@ class SidecarUnavailableError(PerdureError):
     """The perdured sidecar cannot be reached."""
 
 
+class AuthenticationError(PerdureError):
+    """The sidecar refused the call: no token, or one it does not know (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(PerdureError, PermissionError):
+    """The token may not use this namespace (PERMISSION_DENIED)."""
+
+
 class JobNotFoundError(PerdureError, LookupError):
     """No such job in this namespace."""
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from perdure._errors import SidecarUnavailableError
 
 START_TIMEOUT = 120.0  # the first start of the embedded database runs initdb
+# Settings of a shared sidecar that the spawned one must not take from the environment.
+PRIVATE_SIDECAR_DROPS = frozenset({
+    "PERDURE_TLS_CERT", "PERDURE_TLS_KEY", "PERDURE_TLS_CLIENT_CA", "PERDURE_TOKEN", "PERDURE_TOKENS_FILE",
+    "PERDURE_INSECURE",
+})
 
 
 class LocalSidecar:
@@ -33,7 +38,9 @@ class LocalSidecar:
             args += ["--database-url", self.storage]
         if self.data_dir is not None:
             args += ["--data-dir", str(self.data_dir)]
-        environment = dict(os.environ)
+        # It serves this process alone, on loopback, which connects to it without TLS or a token,
+        # whatever the environment says to a shared sidecar.
+        environment = {key: value for key, value in os.environ.items() if key not in PRIVATE_SIDECAR_DROPS}
         environment.setdefault("PERDURE_LOG_LEVEL", "warning")
         try:
             # Our end of its standard input closes when we die, and it then stops by itself.

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import logging
 import os
 import socket
 import traceback
@@ -23,6 +24,7 @@ from perdure._handle import STATES, ErrorInfo
 from perdure.v1 import types_pb2, workers_pb2, workers_pb2_grpc
 
 SDK = "perdure-python/0.1.0"
+_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,10 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise  # a bad registration will not get better by retrying
+                if exc.code() in _REFUSED:  # a bad registration, or credentials: retrying will not help
+                    logging.getLogger("perdure").error("the sidecar refused this worker (%s): %s", exc.code().name,
+                                                       exc.details())
+                    raise
             finally:
                 self.registered.clear()
                 self._abandon_running()

@@ -38,10 +38,13 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, overload
 
+import grpc
+
 from perdure import _context
 from perdure._client import DurableFunction as AsyncDurableFunction
 from perdure._client import Perdure as AsyncPerdure
 from perdure._client import _BoundCall as AsyncBoundCall
+from perdure._client import _translate
 from perdure._context import JobLog
 from perdure._errors import NotStartedError, PerdureError
 from perdure._handle import JobDetails
@@ -70,7 +73,9 @@ class Perdure:
         Perdure()                               # spawns a local perdured on the embedded PostgreSQL
         Perdure(storage="postgresql://...")     # spawns perdured against that database
         Perdure(address="127.0.0.1:7433")       # uses a running sidecar
+        Perdure(address="perdured.internal:7433", token=..., tls_ca="ca.pem")   # one that asks for TLS and a token
 
+    The TLS and token options are those of `perdure.Perdure` (with the same PERDURE_* defaults).
     It starts on first use (to enqueue and read only). `start()`, or `with perdure:`, starts it
     and serves its durable functions in a background thread; `run_worker()` serves them in the
     foreground. `close()` stops it; a client left open is closed when the interpreter exits.
@@ -78,10 +83,14 @@ class Perdure:
 
     def __init__(self, *, address: str | None = None, storage: str | None = None,
                  namespace: str = "default", worker_concurrency: int = 10,
-                 data_dir: str | Path | None = None, shutdown_grace: float = 10.0) -> None:
+                 data_dir: str | Path | None = None, shutdown_grace: float = 10.0,
+                 token: str | None = None, tls: bool | None = None, tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                 tls_server_name: str | None = None) -> None:
         self._async = AsyncPerdure(address=address, storage=storage, namespace=namespace,
                                    worker_concurrency=worker_concurrency, data_dir=data_dir,
-                                   shutdown_grace=shutdown_grace)
+                                   shutdown_grace=shutdown_grace, token=token, tls=tls, tls_ca=tls_ca,
+                                   tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name)
         # Held while starting or beginning to close: one start at a time, none after close().
         self._lock = threading.Lock()
         self._runner: Runner | None = None
@@ -193,7 +202,10 @@ class Perdure:
         finally:
             stop.cancel()
         if worker is not None and worker.done() and not worker.cancelled() and worker.exception() is not None:
-            raise PerdureError(f"the worker stopped: {worker.exception()!r}") from worker.exception()
+            failure = worker.exception()
+            if isinstance(failure, grpc.aio.AioRpcError):  # the sidecar refused it: say why, in SDK terms
+                raise _translate(failure) from failure
+            raise PerdureError(f"the worker stopped: {failure!r}") from failure
 
     def _close(self, *, wait: bool) -> None:
         if self._runner is not None and self._runner.in_loop_thread():

@@ -14,6 +14,7 @@ import psycopg
 
 from perdure.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
+from perdured.access import PermissionDenied
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
 from perdured.logs import log
@@ -38,14 +39,18 @@ def _described(where: validation.JobFilter) -> dict[str, Any]:
 
 
 def _errors_as_status(method: Handler) -> Handler:
-    """Bad input becomes INVALID_ARGUMENT with the message naming the field; a database
-    that cannot be reached, UNAVAILABLE (clients retry); any other database error, INTERNAL."""
+    """Bad input becomes INVALID_ARGUMENT with the message naming the field; a namespace the
+    caller's token may not use, PERMISSION_DENIED; a database that cannot be reached,
+    UNAVAILABLE (clients retry); any other database error, INTERNAL."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
         except InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PermissionDenied as exc:
+            log.warning("auth.denied", rpc=method.__name__, error=str(exc))
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except psycopg.OperationalError as exc:
             log.error("database.unavailable", rpc=method.__name__, error=str(exc))
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again")
@@ -253,7 +258,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @_errors_as_status
     async def GetStats(self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.GetStatsResponse:
-        namespace = validation.namespace(request.namespace) if request.namespace else None
+        namespace = validation.namespace_or_all(request.namespace, "statistics")
         window = _window(request, DEFAULT_STATS_WINDOW)
         rows = await self.store.function_stats(namespace, window)
         response = admin_pb2.GetStatsResponse(window=convert.duration(window))
@@ -266,7 +271,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @_errors_as_status
     async def ListWorkers(self, request: admin_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListWorkersResponse:
-        namespace = validation.namespace(request.namespace) if request.namespace else None
+        namespace = validation.namespace_or_all(request.namespace, "the workers")
         rows = await self.store.list_workers(namespace)
         return admin_pb2.ListWorkersResponse(workers=[convert.worker(row) for row in rows])
 
@@ -287,7 +292,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     @_errors_as_status
     async def GetActivity(self, request: admin_pb2.GetActivityRequest,
                           context: grpc.aio.ServicerContext) -> admin_pb2.GetActivityResponse:
-        namespace = validation.namespace(request.namespace) if request.namespace else None
+        namespace = validation.namespace_or_all(request.namespace, "the activity")
         name = validation.function_name(request.name) if request.name else None
         window = _window(request, DEFAULT_ACTIVITY_WINDOW)
         return convert.activity(await self.store.function_activity(namespace, name, window))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may hold a password: never shown
     listen: str = "127.0.0.1:7433"
     lease: float = 30.0
     log_format: str = "console"
@@ -27,6 +27,14 @@ class Settings:
     metrics_listen: str = ""  # host:port for Prometheus metrics; empty: not served
     dashboard_listen: str = ""  # host:port for the web dashboard; empty: not served
     dashboard_allow_remote: bool = False  # serve the dashboard on a non-loopback address
+    # Security (see the README's "Security"): TLS for every port beyond loopback, tokens for
+    # every call; --insecure allows a wider address without them.
+    tls_cert: Path | None = None  # PEM: the server's certificate chain
+    tls_key: Path | None = None  # PEM: its private key
+    tls_client_ca: Path | None = None  # PEM: require client certificates signed by this authority
+    token: str | None = field(default=None, repr=False)  # one token for every namespace
+    tokens_file: Path | None = None  # one token per line, with the namespaces it may use
+    insecure: bool = False
     # For a supervising process (the Python SDK): where to write the bound address
     # once serving, and whether to stop when our standard input closes.
     ready_fd: int | None = None
@@ -104,12 +112,28 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--retention-interval", "PERDURE_RETENTION_INTERVAL", _positive_float,
      "Seconds between deletions of old finished jobs (one sidecar at a time does them)."),
     ("--metrics-listen", "PERDURE_METRICS_LISTEN", str,
-     "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off."),
+     "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464). Unset: off. With tokens, "
+     "it asks for one; beyond loopback, it needs TLS and tokens (HTTPS)."),
     ("--dashboard-listen", "PERDURE_DASHBOARD_LISTEN", _address,
-     "Serve the web dashboard at http://HOST:PORT/ (usually 127.0.0.1:7434). Unset: off. It has no "
-     "authentication: a non-loopback HOST is refused unless --dashboard-allow-remote is given."),
+     "Serve the web dashboard at http://HOST:PORT/ (usually 127.0.0.1:7434). Unset: off. With tokens, it asks "
+     "for one in a login form; beyond loopback, it needs TLS and tokens (HTTPS)."),
     ("--dashboard-allow-remote", "PERDURE_DASHBOARD_ALLOW_REMOTE", _boolean,
-     "Allow --dashboard-listen on a non-loopback address (only behind something that authenticates)."),
+     "Allow --dashboard-listen on a non-loopback address without TLS and tokens (only behind something "
+     "that does both)."),
+    ("--tls-cert", "PERDURE_TLS_CERT", Path,
+     "The server's certificate (PEM, with its chain) for TLS on the gRPC port and, beyond loopback, on the "
+     "dashboard and metrics ports. Read again when it changes."),
+    ("--tls-key", "PERDURE_TLS_KEY", Path, "The private key of --tls-cert (PEM)."),
+    ("--tls-client-ca", "PERDURE_TLS_CLIENT_CA", Path,
+     "Require client certificates signed by this authority (PEM) on every TLS port."),
+    ("--token", "PERDURE_TOKEN", str,
+     "A token every call must carry (authorization: Bearer TOKEN); it may use every namespace. Prefer the "
+     "variable or --tokens-file: flags show in process lists."),
+    ("--tokens-file", "PERDURE_TOKENS_FILE", Path,
+     "A file of tokens, one per line with the namespaces it may use: 'TOKEN billing,shipping' or 'TOKEN *'; "
+     "# starts a comment."),
+    ("--insecure", "PERDURE_INSECURE", _boolean,
+     "Serve on non-loopback addresses without TLS or tokens (a warning is logged): only on a network you trust."),
 ]
 
 
@@ -158,11 +182,57 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = Non
         raise SystemExit(f"perdured: --log-format must be json or console, got {settings.log_format!r}")
     if settings.log_level not in ("debug", "info", "warning", "error"):
         raise SystemExit(f"perdured: --log-level must be debug, info, warning or error, got {settings.log_level!r}")
-    dashboard_host = settings.dashboard_listen.rpartition(":")[0]
-    if settings.dashboard_listen and not is_loopback(dashboard_host) and not settings.dashboard_allow_remote:
-        raise SystemExit(
-            f"perdured: --dashboard-listen {settings.dashboard_listen} would serve the dashboard beyond this "
-            "machine, and it has no authentication: anyone who reaches it could read payloads and cancel jobs. "
-            "Use a loopback address (127.0.0.1:7434), or add --dashboard-allow-remote if something in front of "
-            "it authenticates.")
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise SystemExit("perdured: give --tls-cert and --tls-key together (a certificate and its private key)")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise SystemExit("perdured: --tls-client-ca needs --tls-cert and --tls-key (client certificates are "
+                         "checked over TLS)")
+    if args.command == "serve":
+        try:
+            check_exposure(settings)
+        except ExposureError as exc:
+            raise SystemExit(f"perdured: {exc}") from None
     return settings
+
+
+class ExposureError(ValueError):
+    """A port would be reachable beyond this machine without the protection it needs."""
+
+
+def _host(address: str) -> str:
+    return address.rpartition(":")[0]
+
+
+def check_exposure(settings: Settings) -> list[str]:
+    """Refuse (ExposureError, one line naming the fix) a port beyond loopback without TLS and
+    tokens, unless --insecure (or, for the dashboard alone, --dashboard-allow-remote) allows it.
+    Returns what is served unprotected beyond loopback, for the warning --insecure asks for."""
+    tls = settings.tls_cert is not None
+    tokens = bool(settings.token or settings.tokens_file)
+    missing = [(what, fix) for what, fix, present in (
+        ("TLS", "--tls-cert and --tls-key", tls), ("a token", "--token or --tokens-file", tokens)) if not present]
+    if not missing:
+        return []
+    lacking = " and ".join(what for what, _ in missing)
+    fixes = ", and ".join(fix for _, fix in missing)
+    unprotected = []
+    ports = [("--listen", settings.listen, "the gRPC API (anyone who reaches it could enqueue, read and cancel jobs)")]
+    if settings.metrics_listen:
+        ports.append(("--metrics-listen", settings.metrics_listen, "the metrics"))
+    if settings.dashboard_listen:
+        ports.append(("--dashboard-listen", settings.dashboard_listen,
+                      "the dashboard (anyone who reaches it could read payloads and cancel jobs)"))
+    for flag, address, what in ports:
+        if is_loopback(_host(address)):
+            continue
+        if flag == "--dashboard-listen" and settings.dashboard_allow_remote:
+            unprotected.append(f"{flag} {address} without {lacking} (--dashboard-allow-remote)")
+            continue
+        if not settings.insecure:
+            also = (" (or --dashboard-allow-remote if something in front of it does both)"
+                    if flag == "--dashboard-listen" else "")
+            raise ExposureError(
+                f"{flag} {address} would serve {what} beyond this machine without {lacking}: give {fixes}; "
+                f"or use a loopback address (127.0.0.1); or add --insecure{also} to serve it unprotected")
+        unprotected.append(f"{flag} {address} without {lacking}")
+    return unprotected

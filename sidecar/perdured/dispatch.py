@@ -25,6 +25,7 @@ import psycopg
 
 from perdure.v1 import types_pb2, workers_pb2
 from perdured import convert, validation
+from perdured.access import PermissionDenied
 from perdured.backoff import RetryPolicy, retry_delay
 from perdured.batcher import Batcher
 from perdured.events import JobEvent
@@ -144,6 +145,9 @@ class Dispatcher:
             registration = validation.registration(first.register)
         except validation.InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PermissionDenied as exc:
+            log.warning("auth.denied", rpc="Work", error=str(exc))
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         namespace, names = registration.namespace, registration.names
         try:
             # Before the worker gets anything: its functions' limits hold from its first job.

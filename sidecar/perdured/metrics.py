@@ -12,12 +12,19 @@ cancellation) is counted once, by the Store that wrote it, into two places:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from perdured.access import Scope
+from perdured.auth import Tokens, bearer_token
 from perdured.logs import log
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
 
 # The events counted per function, and the activity columns they add to.
 EVENTS = ("enqueued", "started", "succeeded", "failed", "dead", "cancelled")
@@ -84,20 +91,6 @@ class Metrics:
             self._events[event].labels(*key).inc()
             self._activity[(*key, minute, event)] += 1
 
-    def serve(self, listen: str) -> Callable[[], None]:
-        """Expose /metrics over HTTP (a thread of prometheus_client); returns how to stop it."""
-        from prometheus_client import start_http_server
-
-        host, _, port = listen.rpartition(":")
-        server, thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
-
-        def stop() -> None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        return stop
-
     def take_activity(self) -> list[dict[str, object]]:
         """The counts gathered since the last call, one row per function and minute (in key order,
         so that concurrent additions from several sidecars lock rows in the same order)."""
@@ -117,6 +110,74 @@ class Metrics:
                     minute = row["minute"]
                     assert isinstance(minute, datetime)
                     self._activity[(str(row["namespace"]), str(row["name"]), minute, event)] += int(str(row[event]))
+
+
+class _Scoped:
+    """The samples of a registry that a token's scope may see: those of its namespaces, and
+    those of no namespace (the sidecar's own)."""
+
+    def __init__(self, registry: CollectorRegistry, scope: Scope) -> None:
+        self.registry, self.scope = registry, scope
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            family.samples = [sample for sample in family.samples
+                              if "namespace" not in sample.labels or self.scope.allows(sample.labels["namespace"])]
+            yield family
+
+
+class MetricsServer:
+    """/metrics over HTTP, in the sidecar's event loop. With tokens configured it asks for one
+    (`Authorization: Bearer TOKEN`, as Prometheus's `authorization` setting sends it) and shows
+    only the series of the token's namespaces; beyond loopback it serves HTTPS with the
+    sidecar's certificate (config.py refuses anything less, unless --insecure)."""
+
+    def __init__(self, registry: CollectorRegistry, tokens: Tokens, ssl_context: ssl.SSLContext | None) -> None:
+        self.registry, self.tokens, self.ssl_context = registry, tokens, ssl_context
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, listen: str) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        host, _, port = listen.rpartition(":")
+        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise OSError(exc.errno, f"cannot serve the metrics on {listen}: {exc.strerror or exc}") from exc
+        bound_host, bound_port = self._runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"{'https' if self.ssl_context else 'http'}://{shown}:{bound_port}/metrics"
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        registry: Any = self.registry
+        if self.tokens:
+            scope = self.tokens.authenticate(bearer_token(request.headers.get("Authorization")))
+            if scope is None:
+                log.warning("auth.refused", endpoint="metrics", peer=request.remote,
+                            reason="unknown token" if request.headers.get("Authorization") else "no token")
+                return web.Response(status=401, text="the metrics need a token: Authorization: Bearer TOKEN\n",
+                                    headers={"WWW-Authenticate": 'Bearer realm="perdured"'})
+            if not scope.everything:
+                registry = _Scoped(self.registry, scope)
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
 
 async def add_activity_forever(metrics: Metrics, write: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:

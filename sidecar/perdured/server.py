@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -27,17 +29,20 @@ from perdure.v1 import (
     workers_pb2_grpc,
 )
 from perdured import __version__, reaper
+from perdured.access import Scope
 from perdured.api import AdminService, JobsService, WorkersService
-from perdured.config import Settings
+from perdured.auth import Authenticator, Tokens, internal_token
+from perdured.config import Settings, check_exposure, is_loopback
 from perdured.dispatch import Dispatcher, sidecar_id
 from perdured.embedded import start_embedded
 from perdured.events import EventHub
-from perdured.logs import log
-from perdured.metrics import Metrics, add_activity_forever
+from perdured.logs import add_secret, database_password, log, redact_database_url
+from perdured.metrics import Metrics, MetricsServer, add_activity_forever
 from perdured.migrate import load_migrations, migrate
 from perdured.scheduler import Scheduler
 from perdured.schedules import ScheduleRunner, SchedulesService
 from perdured.store import Store
+from perdured.tls import RELOAD_CHECK, ServerTLS, certificate_names
 
 if TYPE_CHECKING:
     from perdured.dashboard import Dashboard
@@ -52,6 +57,8 @@ SERVICE_NAMES = (
 
 async def database_url(settings: Settings) -> str:
     if settings.database_url:
+        for secret in database_password(settings.database_url):
+            add_secret(secret)  # from now on, no log line or error message shows it
         return settings.database_url
     # initdb and pg_ctl block: keep them off the event loop.
     return await asyncio.to_thread(start_embedded, settings.data_dir)
@@ -70,15 +77,38 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: grpc.aio.Server | None = None
         self._store: Store | None = None
-        self._stop_metrics: Callable[[], None] | None = None
+        self._metrics_server: MetricsServer | None = None
         self.dashboard: Dashboard | None = None
         self._health = health.aio.HealthServicer()
+        self._private_dir: str | None = None  # holds the Unix socket of the dashboard's own calls
+        self.tokens = Tokens()
+        self.tls: ServerTLS | None = None
+
+    def _secure(self) -> None:
+        """Read the tokens and the TLS files, and check that no port beyond loopback goes
+        unprotected (TokensError, TLSError, ExposureError: one line that says what to fix)."""
+        settings = self.settings
+        unprotected = check_exposure(settings)
+        self.tokens = Tokens.load(settings.token, settings.tokens_file)
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            self.tls = ServerTLS(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        for port in unprotected:
+            log.warning("security.insecure", serving=port,
+                        warning="anyone who can reach this address can use it; only on a network you trust")
+        for label in self.tokens.short:
+            log.warning("security.short_token", token=label,
+                        warning="a token this short can be guessed: use 32 random characters or more")
+        log.info("security.configured", tls=self.tls is not None,
+                 client_certificates=self.tls is not None and self.tls.requires_client_certificates,
+                 certificate_names=certificate_names(self.tls.cert) if self.tls else [],
+                 tokens=self.tokens.describe() if self.tokens else "none: every call is allowed")
 
     async def start(self) -> None:
         settings = self.settings
+        self._secure()
         url = await database_url(settings)
         applied = await apply_migrations(url)
-        log.info("database.ready", migrations_applied=applied)
+        log.info("database.ready", database=redact_database_url(url), migrations_applied=applied)
 
         self.metrics = metrics = Metrics(served=bool(settings.metrics_listen))
         self._store = store = await Store.open(url, settings.pool_size, metrics)
@@ -108,9 +138,10 @@ class Sidecar:
         ]
         metrics.workers_connected.set_function(lambda: len(dispatcher.sessions))
         if settings.metrics_listen:
-            self._stop_metrics = metrics.serve(settings.metrics_listen)
+            self._metrics_server = MetricsServer(metrics.registry, self.tokens, self._http_tls(settings.metrics_listen))
+            await self._metrics_server.start(settings.metrics_listen)
             self._tasks.append(asyncio.create_task(reaper.queue_depth_forever(store), name="queue-depth"))
-            log.info("metrics.serving", address=f"http://{settings.metrics_listen}/metrics")
+            log.info("metrics.serving", address=self._metrics_server.url)
         self.schedules = ScheduleRunner(store, sidecar_id=self.id, lease=settings.lease,
                                         poll_interval=settings.poll_interval,
                                         max_payload_bytes=settings.max_payload_bytes)
@@ -123,7 +154,7 @@ class Sidecar:
             # gRPC shares a port between servers by default: a second sidecar on the same address
             # would silently take half of the connections, with its own database behind it.
             ("grpc.so_reuseport", 0),
-        ])
+        ], interceptors=[Authenticator(self.tokens)] if self.tokens else None)
         jobs_pb2_grpc.add_JobsServicer_to_server(
             JobsService(store, events, scheduler, max_payload_bytes=settings.max_payload_bytes), server)
         workers_pb2_grpc.add_WorkersServicer_to_server(WorkersService(dispatcher), server)
@@ -138,9 +169,20 @@ class Sidecar:
             (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        port = server.add_insecure_port(settings.listen)
+        if self.tls is not None:
+            port = server.add_secure_port(settings.listen, self.tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(settings.listen)
         if port == 0:
             raise RuntimeError(f"cannot listen on {settings.listen}")
+        dashboard_target = ""
+        if settings.dashboard_listen:
+            # The dashboard calls this server over a Unix socket in a directory only this user
+            # can enter: no TLS to set up for itself, and calls still carry a token.
+            self._private_dir = tempfile.mkdtemp(prefix="perdured-")
+            dashboard_target = f"unix:{Path(self._private_dir) / 'grpc.sock'}"
+            if server.add_insecure_port(dashboard_target) == 0:
+                raise RuntimeError(f"cannot listen on {dashboard_target}")
         await server.start()
         self._server = server
         host = settings.listen.rsplit(":", 1)[0]
@@ -150,10 +192,32 @@ class Sidecar:
         if settings.dashboard_listen:
             from perdured.dashboard import Dashboard  # aiohttp is loaded only when it serves
 
-            self.dashboard = Dashboard(self.address, max_message_bytes=limit)
+            own_token = None
+            if self.tokens:  # for the live feeds, which serve every user of a namespace
+                own_token = internal_token()
+                self.tokens.add(own_token, Scope(None, "the dashboard's live feeds"))
+            self.dashboard = Dashboard(dashboard_target, max_message_bytes=limit, tokens=self.tokens,
+                                       own_token=own_token, ssl_context=self._http_tls(settings.dashboard_listen))
             await self.dashboard.start(settings.dashboard_listen)
             log.info("dashboard.serving", url=self.dashboard.url)
+        if self.tls is not None and (self._metrics_server or self.dashboard):
+            self._tasks.append(asyncio.create_task(self._watch_certificate(self.tls), name="tls"))
         log.info("sidecar.started", sidecar_id=self.id, address=self.address, lease=settings.lease)
+
+    def _http_tls(self, listen: str) -> Any:
+        """The SSL context of an HTTP port (the dashboard, the metrics): TLS beyond loopback when
+        the sidecar has a certificate; plain HTTP on loopback, where browsers and scrapers on
+        this machine (or through a forwarded port) reach it by an address the certificate does
+        not name."""
+        if self.tls is None or is_loopback(listen.rpartition(":")[0]):
+            return None
+        return self.tls.ssl_context()
+
+    @staticmethod
+    async def _watch_certificate(tls: ServerTLS) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_CHECK)
+            tls.check_for_changes()
 
     async def stop(self) -> None:
         log.info("sidecar.stopping", grace=self.settings.shutdown_grace)
@@ -174,8 +238,10 @@ class Sidecar:
                 log.warning("activity.lost", error=str(exc))
         if self._store is not None:
             await self._store.close()
-        if self._stop_metrics is not None:
-            await asyncio.to_thread(self._stop_metrics)
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         log.info("sidecar.stopped", sidecar_id=self.id)
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from google.protobuf.duration_pb2 import Duration
 
 from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
+from perdured import access
 from perdured.backoff import RetryPolicy
 from perdured.ids import new_job_id
 
@@ -67,11 +68,23 @@ class NewJob:
 
 
 def namespace(value: str, field: str = "namespace") -> str:
+    """The namespace a request names ("" is the default one), once the caller's token is known
+    to allow it (access.PermissionDenied otherwise): every request's namespace is read here."""
     if not value:
-        return DEFAULT_NAMESPACE
-    if not _NAMESPACE.fullmatch(value):
+        value = DEFAULT_NAMESPACE
+    elif not _NAMESPACE.fullmatch(value):
         raise InvalidArgument(field, "use 1 to 128 letters, digits or . _ : -")
+    access.require(value)
     return value
+
+
+def namespace_or_all(value: str, what: str, field: str = "namespace") -> str | None:
+    """For calls where no namespace means every one (Admin): None for "every", which only a
+    token for every namespace may ask for."""
+    if not value:
+        access.require_every_namespace(what)
+        return None
+    return namespace(value, field)
 
 
 def function_name(value: str, field: str = "name") -> str:

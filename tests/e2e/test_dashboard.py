@@ -290,3 +290,37 @@ async def test_schedules_and_workers__listed_paused_and_resumed(page, served, cl
         await schedule.locator('button[data-action="resume"]').click()
         await expect(schedule.locator("time")).to_have_count(1)  # the next run, again
         assert not (await worker.schedules.get("e2e:nightly")).paused
+
+
+async def test_login__a_token_for_one_namespace_sees_it_live_then_logs_out(page, perdured, tmp_path) -> None:
+    billing, admin = "billing-e2e-0123456789abcdef0123", "admin-e2e-0123456789abcdef012345"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{billing} billing\n{admin} *\n")
+    port = _free_port()
+    process = perdured("--dashboard-listen", f"127.0.0.1:{port}", "--tokens-file", str(tokens))
+    url = f"http://127.0.0.1:{port}"
+    async with Perdure(address=process.address, namespace="billing", token=admin) as writer:
+        job = await writer.enqueue("e2e:invoice", 7)
+    async with Perdure(address=process.address, namespace="shipping", token=admin) as other:
+        await other.enqueue("e2e:parcel")
+
+    await page.goto(url + "/jobs")
+    form = page.locator("form.login")
+    await expect(form).to_be_visible()
+    await form.locator("input[name=token]").fill("not-a-token")
+    await form.locator("button").click()
+    await expect(form.locator("[role=alert]")).to_have_text("that is not a token of this sidecar")
+    await screenshot(page, "login")
+
+    await form.locator("input[name=token]").fill(billing)
+    await form.locator("button").click()
+    await expect(page.locator("html")).to_have_attribute("data-live", "true")
+    assert "ns=billing" in page.url  # its one namespace, not "default"
+    await expect(page.locator("#namespace option")).to_have_text(["billing"])
+    await expect(page.locator(f'tr[data-job-id="{job.id}"]')).to_be_visible()
+    await expect(page.locator("td", has_text="e2e:parcel")).to_have_count(0)
+    cookies = await page.context.cookies()
+    assert billing not in json.dumps(cookies) and all(c["httpOnly"] for c in cookies)
+
+    await page.locator("#logout").click()
+    await expect(page.locator("form.login")).to_be_visible()

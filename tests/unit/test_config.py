@@ -22,7 +22,7 @@ def test_defaults() -> None:
 def test_environment__sets_every_option() -> None:
     s = settings([], {
         "PERDURE_DATABASE_URL": "postgresql://db/x", "PERDURE_LISTEN": "0.0.0.0:9000", "PERDURE_LEASE": "12.5",
-        "PERDURE_LOG_FORMAT": "json", "PERDURE_DATA_DIR": "/var/lib/perdure",
+        "PERDURE_LOG_FORMAT": "json", "PERDURE_DATA_DIR": "/var/lib/perdure", "PERDURE_INSECURE": "true",
     })
     assert (s.database_url, s.listen, s.lease, s.log_format, s.data_dir) == (
         "postgresql://db/x", "0.0.0.0:9000", 12.5, "json", Path("/var/lib/perdure"))

@@ -20,10 +20,10 @@ def test_committed_python_stubs__match_a_fresh_generation() -> None:
 
 def test_public_api__is_pinned() -> None:
     assert sorted(perdure.__all__) == [
-        "AttemptRecord", "DurableFunction", "ErrorInfo", "EventTimeoutError", "FunctionLimits", "InvalidArgumentError", "JobCancelledError",
+        "AttemptRecord", "AuthenticationError", "DurableFunction", "ErrorInfo", "EventTimeoutError", "FunctionLimits", "InvalidArgumentError", "JobCancelledError",
         "JobContext", "JobDeadError", "JobDetails", "JobEvent", "JobFailedError", "JobHandle",
         "JobNotFoundError", "JobOptions", "LogInfo", "NonRetryableError", "NotInJobError", "NotStartedError",
-        "Perdure", "PerdureError", "ProgressInfo", "RateLimit", "Schedule", "ScheduleExistsError",
+        "Perdure", "PerdureError", "PermissionDeniedError", "ProgressInfo", "RateLimit", "Schedule", "ScheduleExistsError",
         "ScheduleNotFoundError", "Schedules", "SidecarUnavailableError", "StepInfo", "StepNotRecordedError",
         "__version__", "context",
     ]

@@ -31,7 +31,7 @@ def test_dashboard_listen__from_the_flag_or_the_environment() -> None:
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:7434", ":7434", "10.1.2.3:7434", "dashboard.example.com:7434", "[::]:7434"])
 def test_dashboard_listen__refuses_an_address_beyond_this_machine(listen: str) -> None:
-    with pytest.raises(SystemExit, match="no authentication.*--dashboard-allow-remote"):
+    with pytest.raises(SystemExit, match="without TLS and a token.*--dashboard-allow-remote"):
         settings(["--dashboard-listen", listen])
 
 

@@ -17,7 +17,8 @@ from perdure.cli._schedules import schedules
 HELP = f"""Operate Perdure: jobs, statistics, workers, events, schedules, the schema.
 
 Every command but migrate talks to a perdured sidecar over the gRPC contract (--address,
-PERDURE_ADDRESS). Tables are for people; --json prints one JSON document (a list for
+PERDURE_ADDRESS), with its token (--token, PERDURE_TOKEN) and over TLS (--tls-ca, ...)
+when it asks for them. Tables are for people; --json prints one JSON document (a list for
 list commands) with the contract's field names, for scripts. Durations read 30s, 5m, 2h,
 1h30m or plain seconds.
 
@@ -31,6 +32,7 @@ Exit codes:
   5    the sidecar refused the request (invalid, or not possible in the job's state)
   6    the awaited job ended dead or cancelled (--wait, jobs wait)
   7    the awaited job had not ended within --wait-timeout
+  8    refused: no token or an unknown one, or a namespace the token may not use
   130  interrupted (Ctrl-C)
 
 perdure {__version__}
@@ -46,11 +48,27 @@ perdure {__version__}
               show_default=True, metavar="DURATION",
               help="How long to wait for each answer of the sidecar [env PERDURE_TIMEOUT].")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--token", envvar="PERDURE_TOKEN", metavar="TOKEN",
+              help="The token to send, when the sidecar asks for one [env PERDURE_TOKEN].")
+@click.option("--tls", is_flag=True, default=None, envvar="PERDURE_TLS",
+              help="Connect with TLS, trusting the system's authorities [env PERDURE_TLS].")
+@click.option("--tls-ca", envvar="PERDURE_TLS_CA", metavar="FILE",
+              help="Connect with TLS, trusting this authority (PEM) [env PERDURE_TLS_CA].")
+@click.option("--tls-cert", envvar="PERDURE_TLS_CLIENT_CERT", metavar="FILE",
+              help="A client certificate (PEM), when the sidecar asks for one [env PERDURE_TLS_CLIENT_CERT].")
+@click.option("--tls-key", envvar="PERDURE_TLS_CLIENT_KEY", metavar="FILE",
+              help="The client certificate's private key (PEM) [env PERDURE_TLS_CLIENT_KEY].")
+@click.option("--tls-server-name", envvar="PERDURE_TLS_SERVER_NAME", metavar="NAME",
+              help="The name to expect in the sidecar's certificate [env PERDURE_TLS_SERVER_NAME].")
 @click.version_option(__version__, "--version", "-V", prog_name="perdure")
 @click.pass_context
-def cli(ctx: click.Context, address: str, namespace: str, timeout: float, as_json: bool) -> None:
+def cli(ctx: click.Context, address: str, namespace: str, timeout: float, as_json: bool, token: str | None,
+        tls: bool | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
+        tls_server_name: str | None) -> None:
     settings = ctx.ensure_object(Settings)
     settings.address, settings.namespace, settings.timeout, settings.json = address, namespace, timeout, as_json
+    settings.security = {"token": token, "tls": tls, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
+                         "tls_server_name": tls_server_name}
     ctx.call_on_close(settings.close)
 
 

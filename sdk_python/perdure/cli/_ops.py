@@ -203,7 +203,7 @@ def doctor() -> None:
     try:
         info = client.call(client.admin.GetInfo, admin_pb2.GetInfoRequest())
     except CliError as failure:
-        check("database", "fail", failure.message)
+        check("token" if failure.exit_code == ExitCode.DENIED else "database", "fail", failure.message)
         _report(checks, None, CliError(f"doctor: {failure.message}", ExitCode.ERROR))
         return
     assert info is not None

@@ -10,6 +10,7 @@ import click
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from perdure._security import ClientSecurity
 from perdure.v1 import admin_pb2_grpc, jobs_pb2_grpc, schedules_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7433"
@@ -29,6 +30,7 @@ class ExitCode:
     REFUSED = 5  # the sidecar refused the request: invalid, or not possible in the current state
     JOB_FAILED = 6  # an awaited job ended dead or cancelled
     WAIT_TIMEOUT = 7  # an awaited job had not ended when --wait-timeout passed
+    DENIED = 8  # the sidecar refused the credentials: no or an unknown token, or a namespace it may not use
     INTERRUPTED = 130  # Ctrl-C
 
 
@@ -61,11 +63,18 @@ class Settings:
     namespace: str = DEFAULT_NAMESPACE
     timeout: float = DEFAULT_TIMEOUT
     json: bool = False
+    # --token, --tls, --tls-ca, --tls-cert, --tls-key, --tls-server-name (None: not given)
+    security: dict[str, Any] = field(default_factory=dict, repr=False)
     _sidecar: Sidecar | None = field(default=None, repr=False)
 
     def sidecar(self) -> Sidecar:
         if self._sidecar is None:
-            self._sidecar = Sidecar(self.address, self.timeout)
+            try:
+                security = ClientSecurity.of(**self.security)
+            except ValueError as exc:
+                raise CliError(str(exc).replace("tls_", "--tls-").replace("token ", "--token "),
+                               ExitCode.USAGE) from None
+            self._sidecar = Sidecar(self.address, self.timeout, security)
         return self._sidecar
 
     def close(self) -> None:
@@ -77,10 +86,11 @@ class Settings:
 class Sidecar:
     """A channel to one perdured and the stubs of its services."""
 
-    def __init__(self, address: str, timeout: float) -> None:
+    def __init__(self, address: str, timeout: float, security: ClientSecurity | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=[
+        self.security = security or ClientSecurity()
+        self.channel = self.security.channel(address, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ])
@@ -105,7 +115,14 @@ class Sidecar:
         code: grpc.StatusCode = exc.code()
         detail = one_line(exc.details() or "")
         if code == grpc.StatusCode.UNAVAILABLE:
+            if reason := _tls_failure(detail):
+                return CliError(f"no TLS connection to perdured at {self.address} ({reason}); "
+                                f"{_TLS_HINT if self.security.tls else 'if it serves TLS, give --tls-ca (or --tls)'}",
+                                ExitCode.UNAVAILABLE)
             if reason := _connection_failure(detail):
+                if reason.lower() == "socket closed" and not self.security.tls:  # what a TLS port does to plain text
+                    return CliError(f"perdured at {self.address} closed the connection; if it serves TLS, give "
+                                    "--tls-ca (or --tls)", ExitCode.UNAVAILABLE)
                 return CliError(f"cannot reach perdured at {self.address} ({reason}); is it running? "
                                 f"Set --address or PERDURE_ADDRESS", ExitCode.UNAVAILABLE)
             return CliError(f"perdured at {self.address} is unavailable: {detail}", ExitCode.UNAVAILABLE)
@@ -114,6 +131,11 @@ class Sidecar:
                             f"({self.timeout:g} s; see --timeout)", ExitCode.UNAVAILABLE)
         if code == grpc.StatusCode.NOT_FOUND:
             return CliError(detail or "not found", ExitCode.NOT_FOUND)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return CliError(f"perdured at {self.address} refused the call: {detail}; give its token with --token "
+                            "or PERDURE_TOKEN", ExitCode.DENIED)
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return CliError(f"{detail or 'permission denied'} (see --namespace)", ExitCode.DENIED)
         if code in _REFUSED:
             return CliError(detail or code.name.lower(), ExitCode.REFUSED)
         if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -125,6 +147,18 @@ class Sidecar:
 
     def close(self) -> None:
         self.channel.close()
+
+
+_TLS_HINT = "check --tls-ca (the authority of its certificate), --tls-server-name, and --tls-cert/--tls-key if it asks for a client certificate"
+
+
+def _tls_failure(detail: str) -> str:
+    """Why a TLS connection failed (`certificate verify failed`), or ""."""
+    lowered = detail.lower()
+    for marker in ("ssl", "tls", "handshake", "certificate", "verification", "x509"):
+        if marker in lowered:
+            return detail.rsplit(": ", 1)[-1] if "failed to connect" in lowered else detail
+    return ""
 
 
 def _connection_failure(detail: str) -> str:

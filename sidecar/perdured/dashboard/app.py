@@ -5,9 +5,13 @@ contract, over loopback, like any SDK: it holds no SQL and no job logic. Every r
 JSON API is one RPC (see ROUTES below); its answer is the RPC's response as JSON (shape.py),
 and an RPC's error becomes an HTTP status with {"error": message}.
 
-Security, since there is no authentication yet (see the README):
-- perdured serves it on loopback unless told otherwise (config.py refuses a wider address
-  without --dashboard-allow-remote);
+Security (see the README):
+- with tokens configured, everything but the page itself and its assets needs a login (one
+  of the sidecar's tokens, kept in a server-side session: login.py), and every RPC is made
+  with the person's token, so the sidecar decides what it may see and do;
+- perdured serves it on loopback unless told otherwise; beyond loopback it needs TLS and
+  tokens (config.py refuses a wider address without them, unless --insecure or
+  --dashboard-allow-remote);
 - on a loopback address, requests must name a loopback host (a DNS-rebinding page cannot
   read or act through the victim's browser);
 - actions (POST) must carry the X-Perdure-Dashboard header, which a page of another origin
@@ -40,9 +44,11 @@ from perdure.v1 import (
     schedules_pb2_grpc,
     types_pb2,
 )
-from perdured import __version__, validation
+from perdured import __version__, access, validation
+from perdured.auth import bearer_token
 from perdured.config import is_loopback
 from perdured.dashboard.feed import Feeds
+from perdured.dashboard.login import Session, Sessions, forwarded
 from perdured.dashboard.shape import to_json
 from perdured.logs import log
 from perdured.validation import InvalidArgument
@@ -54,6 +60,10 @@ RPC_TIMEOUT = 30.0
 DEFAULT_PAGE_SIZE = 50
 # The page's own paths: each is answered with index.html, which routes in the browser.
 PAGES = ("/", "/jobs", "/jobs/{id}", "/dead", "/schedules", "/workers")
+# What answers without a login: the page, its assets, and the routes to log in.
+OPEN_ROUTES = ("/api/session", "/api/login")
+SESSION_COOKIE = "perdure_session"
+LOGIN_FAILED_DELAY = 0.5  # seconds a refused login waits before it answers: guessing goes slowly
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
     "font-src 'self'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
@@ -67,6 +77,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 HTTP_STATUS = {
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -99,19 +111,25 @@ class AccessLogger(AbstractAccessLogger):
 class DashboardApp:
     """The routes, over one gRPC channel to this sidecar."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, check_host: bool) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, check_host: bool, sessions: Sessions | None = None,
+                 secure: bool = False) -> None:
         self.jobs = jobs_pb2_grpc.JobsStub(channel)
         self.admin = admin_pb2_grpc.AdminStub(channel)
         self.schedules = schedules_pb2_grpc.SchedulesStub(channel)
         self.feeds = Feeds(channel)
         self.check_host = check_host
+        self.sessions = sessions  # None: no tokens, no login
+        self.secure = secure  # served over HTTPS: Secure cookies
         static = static_files()
         self.index = (static / "index.html").read_bytes()
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._guard])
+        app = web.Application(middlewares=[self._errors, self._guard, self._login])
         for path in PAGES:
             app.router.add_get(path, self.page)
+        app.router.add_get("/api/session", self.session)
+        app.router.add_post("/api/login", self.login)
+        app.router.add_post("/api/logout", self.logout)
         app.router.add_get("/api/info", self.info)
         app.router.add_get("/api/namespaces", self.namespaces)
         app.router.add_get("/api/stats", self.stats)
@@ -146,6 +164,33 @@ class DashboardApp:
         return await handler(request)
 
     @web.middleware
+    async def _login(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With tokens, the API needs a session (or a bearer token); its RPCs carry the token."""
+        if self.sessions is None or not request.path.startswith("/api/") or request.path in OPEN_ROUTES:
+            return await handler(request)
+        session = self._session(request)
+        if session is None:
+            raise _error(401, "log in: this dashboard needs one of the sidecar's tokens")
+        forwarded.set(session.token)  # for this request's RPCs: the sidecar checks what it may do
+        access.caller.set(session.scope)  # and validation.namespace here
+        return await handler(request)
+
+    def _session(self, request: web.Request) -> Session | None:
+        assert self.sessions is not None
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:  # a script
+            token = bearer_token(authorization)
+            scope = self.sessions.tokens.authenticate(token)
+            return Session(token, scope, float("inf")) if token and scope else None
+        return self.sessions.find(request.cookies.get(self._cookie_name(request)))
+
+    def _cookie_name(self, request: web.Request) -> str:
+        # Cookies are not told apart by port: a name per port keeps two dashboards on one
+        # host from logging each other out. __Host-: only this origin, over HTTPS, may set it.
+        port = request.url.port or ""
+        return f"__Host-{SESSION_COOKIE}_{port}" if self.secure else f"{SESSION_COOKIE}_{port}"
+
+    @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Errors as {"error": message} with their HTTP status; an RPC's status says which."""
         try:
@@ -156,6 +201,8 @@ class DashboardApp:
             status, message = HTTP_STATUS.get(exc.code(), 502), exc.details() or exc.code().name
         except InvalidArgument as exc:
             status, message = 400, str(exc)
+        except access.PermissionDenied as exc:
+            status, message = 403, str(exc)
         return web.json_response({"error": message}, status=status)
 
     @staticmethod
@@ -173,6 +220,40 @@ class DashboardApp:
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.index, content_type="text/html", charset="utf-8")
 
+    # -- logging in ----------------------------------------------------------------------------
+
+    async def session(self, request: web.Request) -> web.Response:
+        """Whether a login is needed and, once logged in, the namespaces it may use (null: all)."""
+        if self.sessions is None:
+            return _json({"required": False, "authenticated": True, "namespaces": None})
+        session = self._session(request)
+        namespaces = None if session is None or session.scope.namespaces is None else sorted(session.scope.namespaces)
+        return _json({"required": True, "authenticated": session is not None, "namespaces": namespaces})
+
+    async def login(self, request: web.Request) -> web.Response:
+        if self.sessions is None:
+            return _json({"required": False, "authenticated": True, "namespaces": None})
+        token = _text(await _body(request), "token").strip()
+        made = self.sessions.login(token)
+        if made is None:
+            log.warning("auth.refused", endpoint="dashboard", peer=request.remote, reason="unknown token")
+            await asyncio.sleep(LOGIN_FAILED_DELAY)
+            raise _error(401, "that is not a token of this sidecar")
+        session_id, session = made
+        log.info("dashboard.login", token=session.scope.label, peer=request.remote)
+        response = _json({"required": True, "authenticated": True, "namespaces": None if session.scope.namespaces
+                          is None else sorted(session.scope.namespaces)})
+        response.set_cookie(self._cookie_name(request), session_id, path="/", httponly=True, samesite="Strict",
+                            secure=self.secure)
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        if self.sessions is not None:
+            self.sessions.logout(request.cookies.get(self._cookie_name(request)))
+        response = _json({"authenticated": False})
+        response.del_cookie(self._cookie_name(request), path="/", secure=self.secure, httponly=True, samesite="Strict")
+        return response
+
     # -- reading -------------------------------------------------------------------------------
 
     async def info(self, request: web.Request) -> web.Response:
@@ -180,7 +261,11 @@ class DashboardApp:
         return _json(to_json(info) | {"dashboard_version": __version__})
 
     async def namespaces(self, request: web.Request) -> web.Response:
-        """The namespaces with jobs, recent activity or workers (and "default")."""
+        """The namespaces with jobs, recent activity or workers (and "default"); with a token
+        for some namespaces only, those."""
+        scope = access.caller.get()  # set by the login, if there are tokens
+        if scope is not None and scope.namespaces is not None:
+            return _json({"namespaces": sorted(scope.namespaces)})
         stats, workers = await asyncio.gather(
             self.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=RPC_TIMEOUT),
             self.admin.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=RPC_TIMEOUT))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -93,9 +94,12 @@ class Feed:
         self.stats: dict[str, Any] | None = None
         self._jobs = jobs_pb2_grpc.JobsStub(channel)
         self._admin = admin_pb2_grpc.AdminStub(channel)
+        # In a context of their own: not that of the request that started the feed (whose
+        # person's token and scope must not outlive it); they call with the dashboard's token.
         self._tasks = [
-            asyncio.create_task(self._watch(), name=f"dashboard-watch-{namespace}"),
-            asyncio.create_task(self._refresh_stats(), name=f"dashboard-stats-{namespace}"),
+            asyncio.create_task(self._watch(), name=f"dashboard-watch-{namespace}", context=contextvars.Context()),
+            asyncio.create_task(self._refresh_stats(), name=f"dashboard-stats-{namespace}",
+                                context=contextvars.Context()),
         ]
 
     def add(self, subscription: Subscription) -> None:

@@ -7,6 +7,14 @@ export class ApiError extends Error {
   }
 }
 
+let unauthorized = () => {};
+
+// Called with the server's message when a request needs a login (401): the session expired, or
+// the sidecar restarted and forgot it.
+export function onUnauthorized(fn) {
+  unauthorized = fn;
+}
+
 async function call(method, path, params, body) {
   const url = new URL(path, location.origin);
   for (const [key, value] of Object.entries(params || {})) {
@@ -26,6 +34,7 @@ async function call(method, path, params, body) {
     throw new ApiError(0, "the dashboard cannot be reached (is perdured running?)");
   }
   const data = await response.json().catch(() => ({}));
+  if (response.status === 401 && path !== "/api/login") unauthorized(data.error);
   if (!response.ok) throw new ApiError(response.status, data.error || `${response.status} ${response.statusText}`);
   return data;
 }

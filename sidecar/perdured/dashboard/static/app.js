@@ -1,6 +1,7 @@
 // The dashboard's page: a router over six views, a live connection (server-sent events) that
-// tells the current view what changed, and the header around them.
-import { get } from "./api.js";
+// tells the current view what changed, and the header around them. When the sidecar has tokens,
+// a login form first (the token stays on the server; the browser keeps a session cookie).
+import { get, onUnauthorized, post } from "./api.js";
 import { h, tick } from "./dom.js";
 import { href, link, namespace, navigate, onNavigate, toast } from "./nav.js";
 import overview from "./views/overview.js";
@@ -27,6 +28,7 @@ const namespaceSelect = document.getElementById("namespace");
 let current = null; // the mounted view's controller
 let events = null; // the EventSource of the current namespace
 let stats = null; // the latest statistics of the namespace
+let loggedOut = false; // the login form is showing
 
 function render() {
   const path = location.pathname;
@@ -80,7 +82,74 @@ function connect() {
     stats = JSON.parse(message.data);
     current?.onStats?.(stats);
   });
-  events.addEventListener("error", () => setLive("off", "reconnecting…"));
+  events.addEventListener("error", () => {
+    setLive("off", "reconnecting…");
+    // A refused stream (401: the login expired) is not retried by the browser: ask why.
+    if (events?.readyState === EventSource.CLOSED) checkSession();
+  });
+}
+
+// -- logging in ----------------------------------------------------------------------------------
+
+async function checkSession() {
+  try {
+    const session = await get("/api/session");
+    if (session.required && !session.authenticated) showLogin();
+  } catch {
+    // unreachable: the live dot says so already
+  }
+}
+
+function showLogin(message) {
+  if (loggedOut) return;
+  loggedOut = true;
+  events?.close();
+  events = null;
+  current?.unmount?.();
+  current = null;
+  setLive("off", "logged out");
+  document.title = "Log in · Perdure";
+  document.documentElement.dataset.view = "login";
+  const input = h("input", {
+    type: "password", name: "token", autocomplete: "current-password", required: true, spellcheck: "false",
+    "aria-label": "token", placeholder: "token",
+  });
+  const note = h("p", { class: "error", role: "alert" }, message && !/^log in/i.test(message) ? message : "");
+  const button = h("button", { type: "submit" }, "Log in");
+  const form = h("form", {
+    class: "card login",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      button.disabled = true;
+      try {
+        await post("/api/login", {}, { token: input.value });
+        location.reload();
+      } catch (err) {
+        note.textContent = err.message;
+        input.select();
+        button.disabled = false;
+      }
+    },
+  }, h("h1", {}, "Log in"),
+  h("p", { class: "muted" }, "This sidecar asks for a token: one of those it was given (--token or --tokens-file). " +
+    "It stays on the server; this browser keeps a session, for 12 hours at most."),
+  input, button, note);
+  main.replaceChildren(h("div", { class: "view" }, form));
+  input.focus();
+}
+
+function addLogout() {
+  const button = h("button", {
+    class: "secondary small", id: "logout", type: "button",
+    onclick: async () => {
+      try {
+        await post("/api/logout");
+      } finally {
+        location.reload();
+      }
+    },
+  }, "Log out");
+  document.querySelector(".tools").append(button);
 }
 
 // -- the header --------------------------------------------------------------------------------
@@ -123,9 +192,33 @@ async function loadNamespaces() {
   }
 }
 
-onNavigate(render);
-window.addEventListener("popstate", render);
-header();
-render();
-loadNamespaces();
-setInterval(() => tick(main), 1000);
+async function start() {
+  header();
+  onUnauthorized((message) => showLogin(message));
+  let session = { required: false, authenticated: true, namespaces: null };
+  try {
+    session = await get("/api/session");
+  } catch {
+    // the views say that the dashboard cannot be reached
+  }
+  if (session.required && !session.authenticated) {
+    showLogin();
+    return;
+  }
+  if (session.required) addLogout();
+  const allowed = session.namespaces;
+  if (allowed && allowed.length && !allowed.includes(namespace())) {
+    // A token for some namespaces only: start in one of them.
+    const params = new URLSearchParams(location.search);
+    if (allowed[0] === "default") params.delete("ns");
+    else params.set("ns", allowed[0]);
+    history.replaceState(null, "", location.pathname + (params.size ? `?${params}` : ""));
+  }
+  onNavigate(() => loggedOut || render());
+  window.addEventListener("popstate", () => loggedOut || render());
+  render();
+  loadNamespaces();
+  setInterval(() => tick(main), 1000);
+}
+
+start();
