@@ -25,6 +25,7 @@ from perdure._errors import (
     SidecarUnavailableError,
 )
 from perdure._handle import STATES, JobDetails, JobHandle, details_from
+from perdure._ids import new_job_id
 from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._schedules import Schedules, ScheduleSpec, check_spec
 from perdure._security import ClientSecurity
@@ -62,7 +63,7 @@ class Perdure:
                  data_dir: str | Path | None = None, shutdown_grace: float = 10.0,
                  token: str | None = None, tls: bool | None = None, tls_ca: str | Path | None = None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-                 tls_server_name: str | None = None) -> None:
+                 tls_server_name: str | None = None, retry_unavailable: float = 30.0) -> None:
         if address and storage:
             raise ValueError("give either address (a running sidecar) or storage (a database for a spawned one), not both")
         security = {"token": token, "tls": tls, "tls_ca": tls_ca, "tls_cert": tls_cert, "tls_key": tls_key,
@@ -79,6 +80,11 @@ class Perdure:
         self.namespace = namespace
         self.worker_concurrency = worker_concurrency
         self.shutdown_grace = shutdown_grace
+        if isinstance(retry_unavailable, bool) or not isinstance(retry_unavailable, (int, float)) \
+                or retry_unavailable < 0:
+            raise ValueError(f"retry_unavailable must be a number of seconds, not negative, got {retry_unavailable!r}")
+        # How long an enqueue keeps trying while the sidecar or its database is unavailable.
+        self.retry_unavailable = float(retry_unavailable)
         self._security = ClientSecurity.of(**security, environ=os.environ) if address else ClientSecurity()  # type: ignore[arg-type]
         self._sidecar = None if address else LocalSidecar(storage=storage, data_dir=data_dir)
         self._functions: dict[str, DurableFunction] = {}
@@ -224,10 +230,11 @@ class Perdure:
             request = checked.request(namespace=self.namespace, name=name,
                                       payload=_serde.encode_call(name, tuple(call), {}))
             request.trace_context.update(trace_context)
+            request.id = str(new_job_id())
             requests.append(request)
         handles: list[JobHandle] = []
         for start in range(0, len(requests), ENQUEUE_BATCH):
-            response = await self._call("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(
+            response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(
                 jobs=requests[start:start + ENQUEUE_BATCH]))
             handles += [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
         return handles
@@ -329,7 +336,8 @@ class Perdure:
         request = options.request(namespace=self.namespace, name=name,
                                   payload=_serde.encode_call(name, args, kwargs), parent_id=parent_id)
         request.trace_context.update(_tracing.current_context())
-        response = await self._call("Enqueue", request)
+        request.id = str(new_job_id())  # ours: a retried Enqueue returns this job, never a second one
+        response = await self._call_retrying("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 
     async def _create_schedules(self) -> None:
@@ -354,6 +362,22 @@ class Perdure:
             return await getattr(self._jobs, method)(request, timeout=timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
+
+    async def _call_retrying(self, method: str, request: Any) -> Any:
+        """`_call` for requests that are safe to repeat (an enqueue with its own job id): while
+        the sidecar or its database is unavailable, try again with backoff for at most
+        `retry_unavailable` seconds, then raise SidecarUnavailableError."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.retry_unavailable
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(method, request, timeout=max(1.0, min(30.0, give_up - loop.time())))
+            except SidecarUnavailableError:
+                if loop.time() + delay > give_up:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _emit(self, event: str, info: JobEvent) -> None:
         for callback in self._callbacks[event]:

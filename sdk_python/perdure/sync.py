@@ -86,11 +86,12 @@ class Perdure:
                  data_dir: str | Path | None = None, shutdown_grace: float = 10.0,
                  token: str | None = None, tls: bool | None = None, tls_ca: str | Path | None = None,
                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
-                 tls_server_name: str | None = None) -> None:
+                 tls_server_name: str | None = None, retry_unavailable: float = 30.0) -> None:
         self._async = AsyncPerdure(address=address, storage=storage, namespace=namespace,
                                    worker_concurrency=worker_concurrency, data_dir=data_dir,
                                    shutdown_grace=shutdown_grace, token=token, tls=tls, tls_ca=tls_ca,
-                                   tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name)
+                                   tls_cert=tls_cert, tls_key=tls_key, tls_server_name=tls_server_name,
+                                   retry_unavailable=retry_unavailable)
         # Held while starting or beginning to close: one start at a time, none after close().
         self._lock = threading.Lock()
         self._runner: Runner | None = None

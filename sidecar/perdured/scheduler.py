@@ -24,7 +24,7 @@ from perdured.dispatch import Dispatcher, Group, WorkerSession
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.store import Store
-from perdured.validation import NewJob
+from perdured.validation import InvalidArgument, NewJob
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
@@ -73,7 +73,9 @@ class Scheduler:
         finally:
             if worker is not None:
                 worker.reserved -= 1
-        if row["state"] == "running" and row.get("worker_id") == job.worker_id and not deduplicated:
+        _check_same_job(job, row)
+        if job.worker_id is not None and row["state"] == "running" and row.get("worker_id") == job.worker_id \
+                and not deduplicated:  # started by this very insert (not an earlier try of it)
             self.dispatcher.assign(row)
         elif not deduplicated and (group := self.dispatcher.serves(job.namespace, job.name)) is not None:
             if delay > 0:
@@ -90,6 +92,8 @@ class Scheduler:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
         hands them out, as many at once as the workers have free slots)."""
         results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
+        for job, (row, _) in zip(jobs, results, strict=True):
+            _check_same_job(job, row)
         now = datetime.now(UTC)
         for row, deduplicated in results:
             if deduplicated or (group := self.dispatcher.serves(row["namespace"], row["name"])) is None:
@@ -253,6 +257,12 @@ class Scheduler:
             namespace, names = self._unchecked.pop()
             for name in await self.store.controlled_functions(namespace, sorted(names)):
                 self._controlled.add((namespace, name))
+
+
+def _check_same_job(job: NewJob, row: dict[str, Any]) -> None:
+    """A caller-chosen id that was already stored must be this job's own earlier try."""
+    if row["id"] == job.id and (row["namespace"], row["name"]) != (job.namespace, job.name):
+        raise InvalidArgument("id", f"{job.id} is the id of another job")
 
 
 def _interleave(queues: list[list[str]]) -> list[list[str]]:

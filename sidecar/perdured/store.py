@@ -97,6 +97,8 @@ def _filter_values(where: JobFilter) -> dict[str, Any]:
 
 
 QUERIES = load_queries()
+POOL_WAIT = 5.0  # seconds a statement waits for a pooled connection
+CONNECT_TIMEOUT = 5  # seconds to open a new connection
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,10 @@ class Store:
     async def open(cls, url: str, max_size: int = 10, metrics: Metrics | None = None) -> Store:
         pool = AsyncConnectionPool(
             url, min_size=min(2, max_size), max_size=max_size, open=False,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
+            # While the database is down, a request waits this long for a connection, then fails
+            # (UNAVAILABLE to its caller) instead of hanging past the caller's deadline.
+            timeout=POOL_WAIT,
         )
         await pool.open(wait=True, timeout=30)
         return cls(pool, metrics)

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 from google.protobuf.duration_pb2 import Duration
 
+from perdure._ids import new_job_id
 from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
 from perdured import access
 from perdured.backoff import RetryPolicy
-from perdured.ids import new_job_id
 
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TIMEOUT = 30.0
@@ -171,7 +171,7 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
         run_at=request.run_at.ToDatetime(tzinfo=UTC) if request.HasField("run_at") else None,
         priority=request.priority,
         labels=job_labels(dict(request.labels)),
-        id=new_job_id(),
+        id=job_id(request.id, "id") if request.id else new_job_id(),
         namespace=namespace(request.namespace),
         name=function_name(request.name),
         payload=data,

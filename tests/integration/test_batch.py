@@ -53,3 +53,25 @@ async def test_enqueue_many__refuses_an_idempotency_key_and_non_sequences(make_c
             await client.enqueue_many("batch:x", [(1,)], idempotency_key="k")
         with pytest.raises(TypeError, match="sequence of positional arguments"):
             await client.enqueue_many("batch:x", ["abc"])
+
+
+async def test_enqueue_with_its_own_id__repeated_returns_the_same_job_and_a_taken_id_is_refused(sidecar) -> None:
+    from perdure._ids import new_job_id
+
+    job_id = str(new_job_id())
+
+    def request(name: str) -> jobs_pb2.EnqueueRequest:
+        return jobs_pb2.EnqueueRequest(id=job_id, name=name,
+                                       payload=types_pb2.Payload(data=b'{"args": []}', encoding="json"))
+
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        first = await jobs.Enqueue(request("ids:one"))
+        again = await jobs.Enqueue(request("ids:one"))  # a retry whose first answer was lost
+        assert first.job.id == again.job.id == job_id
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jobs.Enqueue(request("ids:other"))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert raised.value.details() == f"id: {job_id} is the id of another job"
+        listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
+    assert [job.id for job in listed.jobs] == [job_id]

@@ -128,6 +128,7 @@ class EnqueueRequest(_message.Message):
     START_WITHIN_FIELD_NUMBER: _builtins.int
     MAX_DURATION_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default". Letters, digits and . _ : - ; at most 128 characters."""
     name: _builtins.str
@@ -144,6 +145,12 @@ class EnqueueRequest(_message.Message):
     """Jobs of a function that share a key run at most the function's key concurrency at once
     (default 1), across every sidecar; the others wait and start in order (priority, then
     run time). The function's key rate limit, if any, also counts per key. At most 255 characters.
+    """
+    id: _builtins.str
+    """The job's id (a UUID), when the caller chooses it: an Enqueue retried after its answer was
+    lost then returns the job the first try stored, never a second one. Default: the sidecar
+    makes one (a UUIDv7). An id that another job (of another function or namespace) has is
+    refused.
     """
     @_builtins.property
     def payload(self) -> _types_pb2.Payload: ...
@@ -201,10 +208,11 @@ class EnqueueRequest(_message.Message):
         start_within: _duration_pb2.Duration | None = ...,
         max_duration: _duration_pb2.Duration | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "max_duration", b"max_duration", "payload", b"payload", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "delay", b"delay", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "delay", b"delay", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,6 +124,16 @@ export declare type EnqueueRequest = Message<"perdure.v1.EnqueueRequest"> & {
    * @generated from field: map<string, string> trace_context = 15;
    */
   traceContext: { [key: string]: string };
+
+  /**
+   * The job's id (a UUID), when the caller chooses it: an Enqueue retried after its answer was
+   * lost then returns the job the first try stored, never a second one. Default: the sidecar
+   * makes one (a UUIDv7). An id that another job (of another function or namespace) has is
+   * refused.
+   *
+   * @generated from field: string id = 16;
+   */
+  id: string;
 };
 
 /**

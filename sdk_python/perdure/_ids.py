@@ -1,4 +1,6 @@
-"""Job ids: UUID version 7 (RFC 9562), so that ids sort by creation time and index well."""
+"""Job ids: UUID version 7 (RFC 9562), so that ids sort by creation time and index well. The
+sidecar makes them, and so do the SDKs when they choose the id of a job they enqueue (a retry
+then cannot make a second job)."""
 
 from __future__ import annotations
 
