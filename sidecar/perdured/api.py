@@ -17,7 +17,7 @@ from perdured import convert, validation
 from perdured.access import PermissionDenied
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
-from perdured.logs import log
+from perdured.logs import log, one_line
 from perdured.rpc import abort
 from perdured.scheduler import Scheduler
 from perdured.store import TERMINAL_STATES, Store
@@ -41,7 +41,8 @@ def _described(where: validation.JobFilter) -> dict[str, Any]:
 def _errors_as_status(method: Handler) -> Handler:
     """Bad input becomes INVALID_ARGUMENT with the message naming the field; a namespace the
     caller's token may not use, PERMISSION_DENIED; a database that cannot be reached,
-    UNAVAILABLE (clients retry); any other database error, INTERNAL."""
+    UNAVAILABLE (clients retry); a value the database refuses, INVALID_ARGUMENT; any other
+    database error, INTERNAL."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -54,6 +55,11 @@ def _errors_as_status(method: Handler) -> Handler:
         except psycopg.OperationalError as exc:
             log.error("database.unavailable", rpc=method.__name__, error=str(exc))
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again")
+        except psycopg.DataError as exc:
+            # A value the checks above let through but the database cannot take: still the
+            # caller's input (nothing was written: the statement failed as a whole).
+            log.warning("rpc.refused_value", rpc=method.__name__, error=str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"a value cannot be stored: {one_line(str(exc))}")
         except psycopg.Error as exc:
             log.exception("rpc.failed", rpc=method.__name__)
             await abort(context, grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the sidecar's log")

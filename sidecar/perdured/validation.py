@@ -104,10 +104,15 @@ def job_id(value: str, field: str = "id") -> uuid.UUID:
         raise InvalidArgument(field, f"{value!r} is not a job id (a UUID)") from None
 
 
+MAX_SECONDS = 100 * 365 * 24 * 3600  # no duration of Perdure's is longer than a century
+
+
 def seconds(value: Duration, field: str, *, allow_zero: bool = True) -> float:
-    """A Duration as float seconds; negative or malformed ones are refused."""
+    """A Duration as float seconds; negative, malformed or absurdly long ones are refused."""
     if value.seconds < 0 or value.nanos < 0:
         raise InvalidArgument(field, "must not be negative")
+    if value.seconds > MAX_SECONDS:
+        raise InvalidArgument(field, f"is {value.seconds} s; at most {MAX_SECONDS} s (100 years)")
     if value.nanos >= 1_000_000_000:
         raise InvalidArgument(field, "nanos must be below 1e9")
     total = value.seconds + value.nanos / 1e9
@@ -151,9 +156,7 @@ def retry_policy(value: types_pb2.RetryPolicy, field: str = "retry") -> RetryPol
 
 def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) -> NewJob:
     data, encoding = payload(request.payload, max_payload_bytes)
-    key = request.idempotency_key or None
-    if key is not None and len(key) > MAX_KEY_LENGTH:
-        raise InvalidArgument("idempotency_key", f"is {len(key)} characters long; at most {MAX_KEY_LENGTH}")
+    key = text(request.idempotency_key, "idempotency_key") or None
     if request.HasField("run_at") and request.HasField("delay"):
         raise InvalidArgument("run_at", "give either run_at or delay, not both")
     if not MIN_PRIORITY <= request.priority <= MAX_PRIORITY:
@@ -196,6 +199,15 @@ def trace_context(entries: dict[str, str], field: str = "trace_context") -> dict
     return entries
 
 
+def text(value: str, field: str, max_length: int = MAX_KEY_LENGTH) -> str:
+    """Free text the database keeps: no NUL character (PostgreSQL cannot store one), bounded."""
+    if "\x00" in value:
+        raise InvalidArgument(field, "must not contain a NUL character")
+    if len(value) > max_length:
+        raise InvalidArgument(field, f"is {len(value)} characters long; at most {max_length}")
+    return value
+
+
 def job_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise InvalidArgument(field, f"has {len(labels)} labels; at most {MAX_LABELS}")
@@ -204,6 +216,7 @@ def job_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
             raise InvalidArgument(field, f"key {key[:80]!r} must be 1 to {MAX_LABEL_KEY} characters, no control characters")
         if len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(field, f"value of {key!r} is {len(value)} characters long; at most {MAX_LABEL_VALUE}")
+        text(value, f"{field}[{key!r}]", MAX_LABEL_VALUE)
     return labels
 
 
@@ -293,8 +306,8 @@ def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter,
         name=function_name(request.name) if request.name else None,
         states=states,
         labels=job_labels(dict(request.labels)) or None,
-        error_type=request.error_type or None,
-        error_contains=request.error_contains or None,
+        error_type=text(request.error_type, "error_type") or None,
+        error_contains=text(request.error_contains, "error_contains") or None,
     )
 
 
