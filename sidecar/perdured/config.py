@@ -22,6 +22,8 @@ class Settings:
     poll_interval: float = 30.0
     max_payload_bytes: int = 4 * 1024 * 1024
     pool_size: int = 10
+    max_streams: int = 1000  # worker streams one sidecar serves at once
+    max_worker_concurrency: int = 10_000  # jobs one worker may hold at once
     retention: float = 7 * 24 * 3600.0  # seconds finished jobs are kept
     retention_interval: float = 60.0
     metrics_listen: str = ""  # host:port for Prometheus metrics; empty: not served
@@ -107,6 +109,10 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--max-payload-bytes", "PERDURE_MAX_PAYLOAD_BYTES", _positive_int,
      "Largest accepted payload or result."),
     ("--pool-size", "PERDURE_POOL_SIZE", _positive_int, "Database connections at most."),
+    ("--max-streams", "PERDURE_MAX_STREAMS", _positive_int,
+     "Worker streams this sidecar serves at once; more are refused (RESOURCE_EXHAUSTED)."),
+    ("--max-worker-concurrency", "PERDURE_MAX_WORKER_CONCURRENCY", _positive_int,
+     "Jobs one worker may hold at once (its registered concurrency)."),
     ("--retention", "PERDURE_RETENTION", _positive_float,
      "Seconds finished jobs (success, dead, cancelled) are kept before sidecars delete them."),
     ("--retention-interval", "PERDURE_RETENTION_INTERVAL", _positive_float,

@@ -95,8 +95,11 @@ class WorkerSession:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, *, sidecar_id: str, lease: float, max_payload_bytes: int) -> None:
+    def __init__(self, store: Store, *, sidecar_id: str, lease: float, max_payload_bytes: int,
+                 max_streams: int = 1000, max_worker_concurrency: int = validation.MAX_CONCURRENCY) -> None:
         self.store = store
+        self.max_streams = max_streams
+        self.max_worker_concurrency = max_worker_concurrency
         self.sidecar_id = sidecar_id
         self.lease = lease
         self.max_payload_bytes = max_payload_bytes
@@ -141,8 +144,11 @@ class Dispatcher:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "register: the first message must be a Register")
         if not self.accepting:
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
+        if len(self.sessions) >= self.max_streams:
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"this sidecar serves at most {self.max_streams} worker streams (--max-streams)")
         try:
-            registration = validation.registration(first.register)
+            registration = validation.registration(first.register, self.max_worker_concurrency)
         except validation.InvalidArgument as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PermissionDenied as exc:

@@ -117,7 +117,8 @@ class Sidecar:
         await asyncio.wait_for(events.ready.wait(), timeout=30)
 
         dispatcher = Dispatcher(store, sidecar_id=self.id, lease=settings.lease,
-                                max_payload_bytes=settings.max_payload_bytes)
+                                max_payload_bytes=settings.max_payload_bytes, max_streams=settings.max_streams,
+                                max_worker_concurrency=settings.max_worker_concurrency)
         scheduler = Scheduler(store, dispatcher, sidecar_id=self.id, lease=settings.lease,
                               poll_interval=settings.poll_interval)
         events.subscribe(scheduler.on_event)

@@ -249,13 +249,14 @@ class Registration:
     limits: dict[str, FunctionLimits]
 
 
-def registration(register: workers_pb2.Register) -> Registration:
+def registration(register: workers_pb2.Register, max_concurrency: int = MAX_CONCURRENCY) -> Registration:
     ns = namespace(register.namespace, "register.namespace")
     if not register.names:
         raise InvalidArgument("register.names", "must name at least one function")
     names = frozenset(function_name(n, "register.names") for n in register.names)
-    if not 1 <= register.concurrency <= MAX_CONCURRENCY:
-        raise InvalidArgument("register.concurrency", f"must be between 1 and {MAX_CONCURRENCY}, got {register.concurrency}")
+    if not 1 <= register.concurrency <= max_concurrency:
+        raise InvalidArgument("register.concurrency", f"must be between 1 and {max_concurrency} (this sidecar's "
+                                                      f"--max-worker-concurrency), got {register.concurrency}")
     limits: dict[str, FunctionLimits] = {}
     for index, declared in enumerate(register.limits):
         where = f"register.limits[{index}]"

@@ -334,3 +334,31 @@ async def test_enqueue_onto_a_free_worker__never_overtakes_waiting_jobs(jobs, ch
         await worker.answer(assignment.job_id, assignment.attempt, success=json_payload(None))
     assert order == [*waiting, late]
     worker.call.cancel()
+
+
+async def test_limits__streams_and_worker_concurrency_are_capped_by_the_sidecars_settings(database_url) -> None:
+    from ..conftest import start_sidecar
+
+    sidecar = await start_sidecar(database_url, max_streams=1, max_worker_concurrency=5)
+    try:
+        async with grpc.aio.insecure_channel(sidecar.address) as channel:
+            stub = workers_pb2_grpc.WorkersStub(channel)
+            greedy = stub.Work()
+            await greedy.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(names=["a"], concurrency=6)))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await greedy.read()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "--max-worker-concurrency" in refused.value.details()
+
+            first = stub.Work()
+            await first.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(names=["a"], concurrency=5)))
+            assert (await first.read()).HasField("registered")
+            second = stub.Work()
+            await second.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(names=["a"], concurrency=1)))
+            with pytest.raises(grpc.aio.AioRpcError) as full:
+                await second.read()
+            assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-streams" in full.value.details()
+            first.cancel()
+    finally:
+        await sidecar.stop()
