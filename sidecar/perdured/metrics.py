@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from perdured.access import Scope
 from perdured.auth import Tokens, bearer_token
+from perdured.http import start_site
 from perdured.logs import log
 
 if TYPE_CHECKING:
@@ -145,16 +146,11 @@ class MetricsServer:
         app.router.add_get("/", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        host, _, port = listen.rpartition(":")
-        site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=self.ssl_context)
         try:
-            await site.start()
-        except OSError as exc:
+            self.url = await start_site(self._runner, listen, self.ssl_context, "the metrics") + "/metrics"
+        except OSError:
             await self.stop()
-            raise OSError(exc.errno, f"cannot serve the metrics on {listen}: {exc.strerror or exc}") from exc
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"{'https' if self.ssl_context else 'http'}://{shown}:{bound_port}/metrics"
+            raise
 
     async def _metrics(self, request: web.Request) -> web.Response:
         from aiohttp import web

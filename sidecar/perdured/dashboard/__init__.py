@@ -16,6 +16,7 @@ from perdured.auth import Tokens
 from perdured.config import is_loopback
 from perdured.dashboard.app import AccessLogger, DashboardApp
 from perdured.dashboard.login import Sessions, token_interceptors
+from perdured.http import start_site
 from perdured.logs import log
 
 __all__ = ["Dashboard", "dial_address"]
@@ -56,8 +57,7 @@ class Dashboard:
 
     async def start(self, listen: str) -> None:
         """Serve on `listen` (HOST:PORT; port 0 picks one: see `url`)."""
-        host, _, port = listen.rpartition(":")
-        host = host.strip("[]")
+        host = listen.rpartition(":")[0].strip("[]")
         if self.tokens and not self.own_token:
             raise ValueError("a dashboard with tokens needs its own token, for its live feeds")
         self._channel = grpc.aio.insecure_channel(dial_address(self.sidecar_address), options=[
@@ -71,15 +71,11 @@ class Dashboard:
         self._runner = web.AppRunner(routes.build(), access_log_class=AccessLogger, handle_signals=False,
                                      shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host or None, int(port), ssl_context=self.ssl_context)
         try:
-            await site.start()
-        except OSError as exc:
+            self.url = await start_site(self._runner, listen, self.ssl_context, "the dashboard") + "/"
+        except OSError:
             await self.stop()
-            raise OSError(exc.errno, f"cannot serve the dashboard on {listen}: {exc.strerror or exc}") from exc
-        bound_host, bound_port = self._runner.addresses[0][:2]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"{'https' if self.ssl_context else 'http'}://{shown}:{bound_port}/"
+            raise
         if not loopback and not (self.tokens and self.ssl_context):  # allowed by --insecure or --dashboard-allow-remote
             log.warning("dashboard.remote", listen=listen,
                         warning="the dashboard serves beyond this machine without TLS and a login: anyone who "
