@@ -343,3 +343,25 @@ async def test_dead_letters__list_by_error_retry_by_filter_and_purge(sidecar, ma
 
 def handle_arg(details: perdure.JobDetails) -> str:
     return details.args[0]
+
+
+async def test_max_duration__cancels_the_overdue_job_with_its_unfinished_children(three_sidecars, make_client) -> None:
+    worker = make_client(address=three_sidecars[0].address)
+    spawned: list[str] = []
+
+    @worker.durable("orchestrate:slowly", max_duration=0.5)
+    async def orchestrate() -> None:
+        child = await worker.enqueue("nobody:serves:child")  # a child nobody runs: the parent waits
+        spawned.append(child.id)
+        await child.result()
+
+    async with worker:
+        await worker.wait_until_serving()
+        parent = await orchestrate()
+        with pytest.raises(perdure.JobCancelledError):
+            await parent.result(timeout=30)
+        child = worker.handle(spawned[0])
+        assert await child.status() == "cancelled"  # cancelled with it, not left pending forever
+        parent_details, child_details = await parent.details(), await child.details()
+    assert parent_details.error.type == "perdure.DeadlineExceeded"
+    assert child_details.error is None  # its own error says nothing: it was not overdue itself
