@@ -28,7 +28,9 @@ def current_context() -> dict[str, str]:
 @contextlib.contextmanager
 def job_span(name: str, job_id: str, attempt: int, carrier: Mapping[str, str]) -> Iterator[None]:
     """Run an attempt inside a span that continues the enqueuing call's trace."""
-    if propagate is None:
+    # Without a configured tracer provider a span would record nothing: skip its cost.
+    if propagate is None or isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider,
+                                                                     trace.NoOpTracerProvider)):
         yield
         return
     tracer = trace.get_tracer("perdure")

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import grpc
 
-from perdure import _context, _serde, _tracing
+from perdure import _context, _serde, _stream, _tracing
 from perdure._context import JobContext
 from perdure._errors import NonRetryableError
 from perdure._handle import STATES, ErrorInfo
@@ -65,6 +65,7 @@ class Worker:
         self._stopping = False
         self.worker_id = ""
         self.registered = asyncio.Event()
+        self._batch_of: dict[str, str] = {}  # what the sidecar reads in batches
 
     async def run(self) -> None:
         """Keep a stream open until stopped, reconnecting with backoff when the sidecar goes away."""
@@ -89,11 +90,13 @@ class Worker:
 
     async def _session(self) -> None:
         call = self._stub.Work(wait_for_ready=True)
+        self._batch_of = {}  # until this sidecar says what it reads
         writer = asyncio.create_task(self._write(call))
         try:
             await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
                 namespace=self._namespace, names=sorted(self._handlers), concurrency=self._concurrency,
                 worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK, limits=self._limits,
+                batches=True,
             )))
             while True:
                 read = await call.read()
@@ -103,9 +106,13 @@ class Worker:
                 kind = message.WhichOneof("kind")
                 if kind == "registered":
                     self.worker_id = message.registered.worker_id
+                    self._batch_of = {"outcome": "outcomes"} if message.registered.batches else {}
                     self.registered.set()
                 elif kind == "assignment":
                     self._start(message.assignment)
+                elif kind == "assignments":
+                    for assignment in message.assignments.items:
+                        self._start(assignment)
                 elif kind == "cancel":
                     key = (message.cancel.job_id, message.cancel.attempt)
                     task = self._running.get(key)
@@ -113,23 +120,31 @@ class Worker:
                         self._cancel_reasons[key] = message.cancel.reason
                         task.cancel()
                 elif kind == "step_ack":
-                    ack = message.step_ack
-                    waiting = self._step_acks.get((ack.job_id, ack.attempt, ack.name))
+                    step_ack = message.step_ack
+                    waiting = self._step_acks.get((step_ack.job_id, step_ack.attempt, step_ack.name))
                     if waiting is not None and not waiting.done():
-                        waiting.set_result(ack.recorded)
+                        waiting.set_result(step_ack.recorded)
                 elif kind == "ack":
-                    future = self._acks.pop((message.ack.job_id, message.ack.attempt), None)
-                    if future is not None and not future.done():
-                        future.set_result(message.ack)
+                    self._acknowledged(message.ack)
+                elif kind == "acks":
+                    for outcome_ack in message.acks.items:
+                        self._acknowledged(outcome_ack)
         finally:
             writer.cancel()
             call.cancel()
 
+    def _acknowledged(self, ack: workers_pb2.OutcomeAck) -> None:
+        future = self._acks.pop((ack.job_id, ack.attempt), None)
+        if future is not None and not future.done():
+            future.set_result(ack)
+
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        # gRPC allows one write at a time: every outgoing message goes through here.
+        # gRPC allows one write at a time: every outgoing message goes through here, the
+        # outcomes ready together in one batch when the sidecar reads batches.
         while True:
-            message = await self._outbox.get()
-            await call.write(message)
+            messages = _stream.ready(self._outbox, await self._outbox.get())
+            for message in _stream.pack(messages, self._batch_of):
+                await call.write(message)
 
     def _start(self, assignment: workers_pb2.Assignment) -> None:
         key = (assignment.job_id, assignment.attempt)

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import psycopg
 
+from perdure import _stream
 from perdure.v1 import types_pb2, workers_pb2
 from perdured import convert, validation
 from perdured.access import PermissionDenied
@@ -33,10 +34,11 @@ from perdured.logs import log
 from perdured.rpc import abort
 from perdured.store import TERMINAL_STATES, Outcome, StepRecord, Store
 
-Group = tuple[str, frozenset[str]]
-MAX_NOTE = 8_000
+Group = tuple[str, frozenset[str]]  # (namespace, function names): workers that can share a claim
+MAX_NOTE = 8_000  # characters kept of a progress message or a log record
 CHILD_PREFIX = "job:"  # a suspension awaiting a child job waits for "job:<child id>"
-FOREVER = time.time() + 100 * 365 * 24 * 3600.0  # "no timeout", as a time far ahead  # characters kept of a progress message or a log record  # (namespace, function names): workers that can share a claim
+FOREVER = time.time() + 100 * 365 * 24 * 3600.0  # "no timeout", as a time far ahead
+_BATCHES = {"assignment": "assignments", "ack": "acks"}  # what goes to a worker in batches
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:
@@ -79,6 +81,7 @@ class WorkerSession:
     concurrency: int
     outbox: asyncio.Queue[workers_pb2.SidecarMessage | None] = field(default_factory=asyncio.Queue)
     assignments: dict[tuple[uuid.UUID, int], Assignment] = field(default_factory=dict)
+    batches: bool = False  # the worker reads batches of assignments and acknowledgements
     draining: bool = False  # the worker asked for no more assignments
     reserved: int = 0  # slots promised to jobs being inserted straight onto this worker
 
@@ -129,10 +132,16 @@ class Dispatcher:
         reader = asyncio.create_task(self._read(session, requests))
         try:
             yield workers_pb2.SidecarMessage(registered=workers_pb2.Registered(
-                worker_id=session.id, sidecar_id=self.sidecar_id))
+                worker_id=session.id, sidecar_id=self.sidecar_id, batches=True))
             self.on_worker_joined(session.group)
+            batch_of = _BATCHES if session.batches else {}
             while (message := await session.outbox.get()) is not None:
-                yield message
+                messages = _stream.ready(session.outbox, message)
+                closing = None in messages
+                for ready in _stream.pack([m for m in messages if m is not None], batch_of):
+                    yield ready
+                if closing:
+                    break
         finally:
             reader.cancel()
             self._drop(session)
@@ -162,7 +171,8 @@ class Dispatcher:
             await abort(context, grpc.StatusCode.UNAVAILABLE, f"cannot record the functions' limits: {exc}")
         label = first.register.worker_name or f"{socket.gethostname()}"
         worker_id = f"{label}@{self.sidecar_id}#{next(self._serial)}"
-        session = WorkerSession(worker_id, namespace, names, registration.concurrency)
+        session = WorkerSession(worker_id, namespace, names, registration.concurrency,
+                                batches=first.register.batches)
         try:
             await self.store.register_worker(worker_id, self.sidecar_id, namespace, label, first.register.sdk,
                                              sorted(names), registration.concurrency, self.lease)
@@ -178,6 +188,9 @@ class Dispatcher:
             async for message in requests:
                 if message.HasField("outcome"):
                     self._spawn(self._on_outcome(session, message.outcome))
+                elif message.HasField("outcomes"):
+                    for outcome in message.outcomes.items:
+                        self._spawn(self._on_outcome(session, outcome))
                 elif message.HasField("record_step"):
                     self._spawn(self._on_step(session, message.record_step))
                 elif message.HasField("heartbeat"):

@@ -47,9 +47,10 @@ class RawWorker:
         async for message in self.call:
             self.inbox.put_nowait(message)
 
-    async def register(self, *names: str, concurrency: int = 1, namespace: str = "") -> workers_pb2.Registered:
+    async def register(self, *names: str, concurrency: int = 1, namespace: str = "",
+                       batches: bool = False) -> workers_pb2.Registered:
         await self.call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
-            names=list(names), concurrency=concurrency, namespace=namespace, worker_name="raw")))
+            names=list(names), concurrency=concurrency, namespace=namespace, worker_name="raw", batches=batches)))
         self._reader = asyncio.ensure_future(self._read())
         return await self.next("registered")  # type: ignore[return-value]
 
@@ -180,6 +181,40 @@ async def test_work_stream__never_sends_more_than_the_free_slots(jobs, channel, 
     await worker.answer(first[0].job_id, 1, success=json_payload(None))
     third = await worker.next("assignment")
     assert third.job_id not in {a.job_id for a in first} and third.job_id in ids
+    worker.call.cancel()
+
+
+async def test_work_stream__a_worker_that_reads_batches_gets_the_jobs_claimed_together_in_one_message(
+        jobs, channel, db) -> None:
+    requests = [jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [n]})) for n in range(5)]
+    ids = [r.job.id for r in (await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=requests))).results]
+    worker = RawWorker(channel)
+    registered = await worker.register("f", concurrency=5, batches=True)
+    assert registered.batches  # this sidecar reads batches of outcomes
+    batch = await worker.next("assignments")  # one claim of five jobs: one message
+    assert sorted(a.job_id for a in batch.items) == sorted(ids)
+    assert sorted(json.loads(a.payload.data)["args"][0] for a in batch.items) == list(range(5))
+    # Five outcomes in one message: each is recorded and acknowledged, as if sent alone.
+    await worker.call.write(workers_pb2.WorkerMessage(outcomes=workers_pb2.Outcomes(items=[
+        workers_pb2.Outcome(job_id=a.job_id, attempt=1, success=json_payload(a.payload.data.decode()))
+        for a in batch.items])))
+    acks: list[workers_pb2.OutcomeAck] = []
+    while len(acks) < 5:
+        message = await asyncio.wait_for(worker.inbox.get(), 30)
+        acks.extend([message.ack] if message.HasField("ack") else message.acks.items)
+    assert sorted(a.job_id for a in acks) == sorted(ids)
+    assert all(a.recorded and a.state == types_pb2.JOB_STATE_SUCCESS for a in acks)
+    assert db.execute("SELECT count(*) FROM perdure.jobs WHERE state = 'success'").fetchone()[0] == 5
+    worker.call.cancel()
+
+
+async def test_work_stream__a_worker_that_does_not_read_batches_gets_one_message_per_job(jobs, channel) -> None:
+    requests = [jobs_pb2.EnqueueRequest(name="f") for _ in range(3)]
+    ids = [r.job.id for r in (await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=requests))).results]
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=3)
+    assignments = [await worker.next("assignment") for _ in ids]
+    assert sorted(a.job_id for a in assignments) == sorted(ids)
     worker.call.cancel()
 
 

@@ -8,6 +8,12 @@ process serves; then the sidecar sends assignments, at most `concurrency`
 unanswered at a time, and the worker answers each with an outcome. The
 sidecar acknowledges an outcome only after it is committed. If the stream
 drops, every job it held goes back to pending at once (counted as an attempt).
+
+Batches: under load, many assignments, outcomes and acknowledgements are ready at
+once. Each side may then pack a run of them into one message (`assignments`,
+`outcomes`, `acks`), which means exactly what the same messages sent one by one
+would. The sidecar sends batches only to a worker whose Register says `batches`; a
+worker sends `outcomes` only to a sidecar whose Registered says `batches`.
 """
 
 from collections import abc as _abc
@@ -69,6 +75,7 @@ class WorkerMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     LOG_FIELD_NUMBER: _builtins.int
+    OUTCOMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -83,6 +90,8 @@ class WorkerMessage(_message.Message):
     def progress(self) -> Global___ReportProgress: ...
     @_builtins.property
     def log(self) -> Global___ReportLog: ...
+    @_builtins.property
+    def outcomes(self) -> Global___Outcomes: ...
     def __init__(
         self,
         *,
@@ -93,12 +102,13 @@ class WorkerMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         progress: Global___ReportProgress | None = ...,
         log: Global___ReportLog | None = ...,
+        outcomes: Global___Outcomes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "outcomes", b"outcomes", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "heartbeat", b"heartbeat", "kind", b"kind", "log", b"log", "outcome", b"outcome", "outcomes", b"outcomes", "progress", b"progress", "record_step", b"record_step", "register", b"register"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain", "record_step", "heartbeat", "progress", "log"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["register", "outcome", "drain", "record_step", "heartbeat", "progress", "log", "outcomes"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -113,6 +123,8 @@ class SidecarMessage(_message.Message):
     CANCEL_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     STEP_ACK_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___Registered: ...
     @_builtins.property
@@ -123,6 +135,10 @@ class SidecarMessage(_message.Message):
     def ack(self) -> Global___OutcomeAck: ...
     @_builtins.property
     def step_ack(self) -> Global___StepAck: ...
+    @_builtins.property
+    def assignments(self) -> Global___Assignments: ...
+    @_builtins.property
+    def acks(self) -> Global___OutcomeAcks: ...
     def __init__(
         self,
         *,
@@ -131,12 +147,14 @@ class SidecarMessage(_message.Message):
         cancel: Global___CancelAssignment | None = ...,
         ack: Global___OutcomeAck | None = ...,
         step_ack: Global___StepAck | None = ...,
+        assignments: Global___Assignments | None = ...,
+        acks: Global___OutcomeAcks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "assignment", b"assignment", "assignments", b"assignments", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assignment", b"assignment", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "acks", b"acks", "assignment", b"assignment", "assignments", b"assignments", "cancel", b"cancel", "kind", b"kind", "registered", b"registered", "step_ack", b"step_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "ack", "step_ack"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["registered", "assignment", "cancel", "ack", "step_ack", "assignments", "acks"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -154,6 +172,7 @@ class Register(_message.Message):
     WORKER_NAME_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default"."""
     concurrency: _builtins.int
@@ -162,6 +181,8 @@ class Register(_message.Message):
     """Who is asking, for people: e.g. "host-7/pid-42". The sidecar makes it unique."""
     sdk: _builtins.str
     """The SDK and its version, e.g. "perdure-python/0.1.0"."""
+    batches: _builtins.bool
+    """This worker reads `assignments` and `acks` batches."""
     @_builtins.property
     def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The function names this process has handlers for. It never receives others."""
@@ -182,10 +203,11 @@ class Register(_message.Message):
         worker_name: _builtins.str = ...,
         sdk: _builtins.str = ...,
         limits: _abc.Iterable[Global___FunctionLimits] | None = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "limits", b"limits", "names", b"names", "namespace", b"namespace", "sdk", b"sdk", "worker_name", b"worker_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "concurrency", b"concurrency", "limits", b"limits", "names", b"names", "namespace", b"namespace", "sdk", b"sdk", "worker_name", b"worker_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,22 +308,88 @@ class Registered(_message.Message):
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     SIDECAR_ID_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Recorded on every attempt this worker runs."""
     sidecar_id: _builtins.str
+    batches: _builtins.bool
+    """This sidecar reads `outcomes` batches."""
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         sidecar_id: _builtins.str = ...,
+        batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sidecar_id", b"sidecar_id", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "sidecar_id", b"sidecar_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registered: _TypeAlias = Registered  # noqa: Y015
+
+@_typing.final
+class Assignments(_message.Message):
+    """Several messages of one kind in one, in the order they would have been sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Assignment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
+
+@_typing.final
+class Outcomes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Outcome]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Outcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Outcomes: _TypeAlias = Outcomes  # noqa: Y015
+
+@_typing.final
+class OutcomeAcks(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutcomeAck]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___OutcomeAck] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutcomeAcks: _TypeAlias = OutcomeAcks  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):

@@ -8,6 +8,12 @@ process serves; then the sidecar sends assignments, at most `concurrency`
 unanswered at a time, and the worker answers each with an outcome. The
 sidecar acknowledges an outcome only after it is committed. If the stream
 drops, every job it held goes back to pending at once (counted as an attempt).
+
+Batches: under load, many assignments, outcomes and acknowledgements are ready at
+once. Each side may then pack a run of them into one message (`assignments`,
+`outcomes`, `acks`), which means exactly what the same messages sent one by one
+would. The sidecar sends batches only to a worker whose Register says `batches`; a
+worker sends `outcomes` only to a sidecar whose Registered says `batches`.
 """
 
 from collections import abc as _abc
