@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from perdure import _serde, _tracing
+from perdure import _calls, _serde, _tracing
 from perdure._context import current_context
 from perdure._errors import (
     AuthenticationError,
@@ -91,6 +92,7 @@ class Perdure:
         self._callbacks: dict[str, list[Callback]] = {event: [] for event in EVENTS}
         self._channel: grpc.aio.Channel | None = None
         self._jobs: jobs_pb2_grpc.JobsStub | None = None
+        self._calls: _calls.CallStream | None = None  # Enqueue and AwaitJob, on one stream
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         # Cron schedules of this namespace: perdure.schedules.create(...), .get, .list, ...
@@ -112,6 +114,7 @@ class Perdure:
                 ("grpc.max_send_message_length", MAX_MESSAGE),
             ])
             self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+            self._calls = _calls.CallStream(self._jobs, _translate)
         if serve and self._functions and self._worker is None:
             # Only a process with handlers takes work, and only for the names it has.
             handlers = {name: fn.fn for name, fn in self._functions.items()}
@@ -128,6 +131,9 @@ class Perdure:
             self._worker_task.cancel()
             await asyncio.gather(self._worker_task, return_exceptions=True)
             self._worker = self._worker_task = None
+        if self._calls is not None:
+            await self._calls.close()
+            self._calls = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._jobs = None
@@ -154,7 +160,7 @@ class Perdure:
         if self._worker_task in done:  # the sidecar refused the worker for good
             failure = self._worker_task.exception()
             if isinstance(failure, grpc.aio.AioRpcError):
-                raise _translate(failure) from None
+                raise _translate(failure.code(), failure.details() or "") from None
             raise PerdureError(f"the worker stopped: {failure!r}")
         if not done:
             raise TimeoutError(f"the worker did not register within {timeout:g} s")
@@ -358,10 +364,13 @@ class Perdure:
     async def _call(self, method: str, request: Any, timeout: float | None = 30.0) -> Any:
         if self._jobs is None:
             raise NotStartedError()
+        if self._calls is not None and method in _calls.FIELDS:
+            with contextlib.suppress(_calls.Unsupported):
+                return await self._calls.call(method, request, timeout)
         try:
             return await getattr(self._jobs, method)(request, timeout=timeout, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise _translate(exc.code(), exc.details() or "") from None
 
     async def _call_retrying(self, method: str, request: Any) -> Any:
         """`_call` for requests that are safe to repeat (an enqueue with its own job id): while
@@ -413,8 +422,7 @@ def _job_filter(namespace: str, name: str | None, status: str | list[str] | None
     }
 
 
-def _translate(exc: grpc.aio.AioRpcError) -> Exception:
-    code, detail = exc.code(), exc.details() or ""
+def _translate(code: grpc.StatusCode, detail: str) -> Exception:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgumentError(detail)
     if code == grpc.StatusCode.NOT_FOUND:

@@ -210,7 +210,7 @@ class Schedules:
                 raise ScheduleNotFoundError(exc.details()) from None
             if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
                 raise ScheduleExistsError(exc.details()) from None
-            raise _translate(exc) from None
+            raise _translate(exc.code(), exc.details() or "") from None
 
 
 def schedule_from(message: schedules_pb2.Schedule) -> Schedule:

@@ -8,6 +8,7 @@ to fill a batch: what is ready goes now, so a quiet stream sends single messages
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -26,35 +27,34 @@ def ready(queue: asyncio.Queue[M], first: M) -> list[M]:
     return messages
 
 
+def chunks(items: list[M], limit: int = BATCH_BYTES) -> list[list[M]]:
+    """`items` cut, in order, into lists of at most `limit` bytes (an item larger than
+    that alone)."""
+    cut: list[list[M]] = []
+    size = 0
+    for item in items:
+        item_size = item.ByteSize()
+        if not cut or size + item_size > limit:
+            cut.append([])
+            size = 0
+        cut[-1].append(item)
+        size += item_size
+    return cut
+
+
 def pack(messages: list[M], batch_of: Mapping[str, str], limit: int = BATCH_BYTES) -> list[M]:
     """Pack each run of consecutive messages of a kind in `batch_of` (kind -> its batch
-    field) into one batch message of at most `limit` bytes; keep the rest, and the order."""
+    field) into batch messages of at most `limit` bytes; keep the rest, and the order."""
     packed: list[M] = []
-    run: list[M] = []
-    run_bytes = 0
-
-    def close_run() -> None:
-        if len(run) == 1:
-            packed.append(run[0])
-        elif run:
-            kind = run[0].WhichOneof("kind")
-            batch = type(run[0])()
-            getattr(batch, batch_of[kind]).items.extend(getattr(message, kind) for message in run)
-            packed.append(batch)
-        run.clear()
-
-    for message in messages:
-        kind = message.WhichOneof("kind")
+    for kind, run in itertools.groupby(messages, key=lambda message: message.WhichOneof("kind")):
         if kind not in batch_of:
-            close_run()
-            packed.append(message)
+            packed.extend(run)
             continue
-        size = getattr(message, kind).ByteSize()
-        if run and (run[0].WhichOneof("kind") != kind or run_bytes + size > limit):
-            close_run()
-        if not run:
-            run_bytes = 0
-        run.append(message)
-        run_bytes += size
-    close_run()
+        for chunk in chunks(list(run), limit):
+            if len(chunk) == 1:
+                packed.append(chunk[0])
+            else:
+                batch = type(chunk[0])()
+                getattr(batch, batch_of[kind]).items.extend(getattr(message, kind) for message in chunk)
+                packed.append(batch)
     return packed

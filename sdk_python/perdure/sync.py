@@ -205,7 +205,7 @@ class Perdure:
         if worker is not None and worker.done() and not worker.cancelled() and worker.exception() is not None:
             failure = worker.exception()
             if isinstance(failure, grpc.aio.AioRpcError):  # the sidecar refused it: say why, in SDK terms
-                raise _translate(failure) from failure
+                raise _translate(failure.code(), failure.details() or "") from failure
             raise PerdureError(f"the worker stopped: {failure!r}") from failure
 
     def _close(self, *, wait: bool) -> None:

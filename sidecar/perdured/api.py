@@ -7,18 +7,19 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import psycopg
 
+from perdure import _stream
 from perdure.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2, workers_pb2, workers_pb2_grpc
 from perdured import convert, validation
 from perdured.access import PermissionDenied
 from perdured.dispatch import Dispatcher
 from perdured.events import EventHub, JobEvent
 from perdured.logs import log, one_line
-from perdured.rpc import abort
+from perdured.rpc import CallContext, Refused, abort
 from perdured.scheduler import Scheduler
 from perdured.store import TERMINAL_STATES, Store
 from perdured.validation import InvalidArgument
@@ -28,6 +29,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 WATCH_BUFFER = 10_000
 MAX_BATCH = 10_000  # jobs per EnqueueBatch call
+MAX_CALLS_IN_FLIGHT = 10_000  # unanswered calls per Calls stream
 BULK_BATCH = 1000  # rows per statement of RetryJobs and PurgeJobs: short locks, bounded memory
 RETRYABLE_STATES = frozenset({"dead", "cancelled"})
 
@@ -129,19 +131,29 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_AWAIT)
         # Listen first, then read: a job that finishes in between still wakes us.
         with self.events.job_waiter(job_id) as finished:
-            while True:
+            # A job running on our workers, its outcome not yet being recorded, has not finished,
+            # and cannot without waking us (our own recording, or a notification we now hear):
+            # the first read can be skipped. After any wake-up without the row, read.
+            row = None
+            if self.events.ready.is_set() and self.scheduler.dispatcher.runs(job_id, namespace):
+                try:
+                    await asyncio.wait_for(finished.wait(), deadline - asyncio.get_running_loop().time())
+                except TimeoutError:
+                    pass
+                row = finished.row
+            while row is None:
                 finished.clear()  # before the read: a notice that lands during it is kept
-                row = await self._existing(job_id, namespace, context)
+                read = await self._existing(job_id, namespace, context)
                 remaining = deadline - asyncio.get_running_loop().time()
-                if row["state"] in TERMINAL_STATES or remaining <= 0:
+                if read["state"] in TERMINAL_STATES or remaining <= 0:
+                    row = read
                     break
                 try:
                     await asyncio.wait_for(finished.wait(), remaining)
                 except TimeoutError:
                     pass
-                if finished.row is not None:  # finished on this sidecar: no need to read it back
-                    row = finished.row
-                    break
+                # Finished on this sidecar: no need to read it back.
+                row = finished.row
         return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=row["state"] in TERMINAL_STATES)
 
     @_errors_as_status
@@ -223,11 +235,69 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"the watcher fell more than {WATCH_BUFFER} events behind; watch again")
 
+    async def Calls(self, request_iterator: AsyncIterator[jobs_pb2.CallRequests],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.CallResponses]:
+        answers: asyncio.Queue[jobs_pb2.CallResponse | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._take_calls(request_iterator, answers))
+        try:
+            while (first := await answers.get()) is not None:
+                ready = _stream.ready(answers, first)
+                for chunk in _stream.chunks([answer for answer in ready if answer is not None]):
+                    yield jobs_pb2.CallResponses(responses=chunk)
+                if None in ready:
+                    break
+        finally:
+            reader.cancel()
+
+    async def _take_calls(self, requests: AsyncIterator[jobs_pb2.CallRequests],
+                          answers: asyncio.Queue[jobs_pb2.CallResponse | None]) -> None:
+        """Start each call as it comes; when the client stops sending, finish those in flight."""
+        running: set[asyncio.Task[None]] = set()
+        try:
+            async for message in requests:
+                for call in message.calls:
+                    if len(running) >= MAX_CALLS_IN_FLIGHT:
+                        answers.put_nowait(_refusal(call.id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                    f"at most {MAX_CALLS_IN_FLIGHT} unanswered calls per stream"))
+                        continue
+                    task = asyncio.create_task(self._answer(call, answers))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            if running:
+                await asyncio.wait(running)
+        except grpc.aio.AioRpcError:
+            pass  # the client went away: nobody to answer
+        finally:
+            for task in running:
+                task.cancel()
+            answers.put_nowait(None)
+
+    async def _answer(self, call: jobs_pb2.CallRequest, answers: asyncio.Queue[jobs_pb2.CallResponse | None]) -> None:
+        context = cast(grpc.aio.ServicerContext, CallContext())
+        kind = call.WhichOneof("request")
+        try:
+            if kind == "enqueue":
+                answer = jobs_pb2.CallResponse(id=call.id, enqueue=await self.Enqueue(call.enqueue, context))
+            elif kind == "await_job":
+                answer = jobs_pb2.CallResponse(id=call.id, await_job=await self.AwaitJob(call.await_job, context))
+            else:
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "request: a call must hold enqueue or await_job")
+        except Refused as exc:
+            answer = _refusal(call.id, exc.code, str(exc))
+        except Exception:
+            log.exception("rpc.failed", rpc=f"Calls.{kind}")
+            answer = _refusal(call.id, grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
+        answers.put_nowait(answer)
+
     async def _existing(self, job_id: uuid.UUID, namespace: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         row = await self.store.get_job(job_id, namespace)
         if row is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id} in namespace {namespace!r}")
         return row
+
+
+def _refusal(call_id: int, code: grpc.StatusCode, message: str) -> jobs_pb2.CallResponse:
+    return jobs_pb2.CallResponse(id=call_id, error=jobs_pb2.CallError(code=code.value[0], message=message))
 
 
 class WorkersService(workers_pb2_grpc.WorkersServicer):

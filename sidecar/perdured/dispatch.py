@@ -255,6 +255,12 @@ class Dispatcher:
                 return session.group
         return None
 
+    def runs(self, job_id: uuid.UUID, namespace: str) -> bool:
+        """Whether the job runs on one of our workers and its outcome is not being recorded."""
+        assignment = self._by_job.get(job_id)
+        return (assignment is not None and assignment.namespace == namespace and not assignment.ended
+                and not assignment.finishing)
+
     def assign(self, row: dict[str, Any], steps: Iterable[dict[str, Any]] = ()) -> None:
         """Send a claimed job down its worker's stream and start its timeout clock."""
         session = self.sessions.get(row["worker_id"])

@@ -109,6 +109,7 @@ class EventHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database went away: try again, and say so
+                self.ready.clear()  # notifications may be missed until it is set again
                 log.warning("events.connection_lost", error=str(exc), retry_in=delay)
                 self._everyone_recheck()
                 await asyncio.sleep(delay)

@@ -14,3 +14,19 @@ async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messag
     message never carries a secret (a database password, a token)."""
     await context.abort(code, redact(message))
     raise AssertionError("context.abort returned")
+
+
+class Refused(Exception):
+    """A call carried on a stream (Jobs.Calls) ended with this status, as its unary RPC would."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CallContext:
+    """What a unary handler gets as its context when its call comes on the Calls stream:
+    where the unary RPC would end with a status, the call is refused instead."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        raise Refused(code, details)

@@ -397,3 +397,89 @@ async def test_limits__streams_and_worker_concurrency_are_capped_by_the_sidecars
             first.cancel()
     finally:
         await sidecar.stop()
+
+
+class CallStream:
+    """Jobs.Calls by hand: calls go out in batches, answers are collected by id."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = jobs_pb2_grpc.JobsStub(channel).Calls()
+        self.answers: dict[int, jobs_pb2.CallResponse] = {}
+        self.messages = 0
+
+    async def send(self, **calls: jobs_pb2.CallRequest) -> None:
+        await self.call.write(jobs_pb2.CallRequests(calls=list(calls.values())))
+
+    async def answer(self, call_id: int, timeout: float = 30) -> jobs_pb2.CallResponse:
+        async with asyncio.timeout(timeout):
+            while call_id not in self.answers:
+                message = await self.call.read()
+                assert message is not grpc.aio.EOF, "the stream ended"
+                self.messages += 1
+                self.answers.update((response.id, response) for response in message.responses)
+        return self.answers[call_id]
+
+
+async def test_calls_stream__answers_each_call_as_its_unary_rpc_would_and_stays_open(jobs, channel, db) -> None:
+    stream = CallStream(channel)
+    unknown = "0190a000-0000-7000-8000-000000000000"
+    await stream.send(
+        ok=jobs_pb2.CallRequest(id=1, enqueue=jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [3]}))),
+        bad=jobs_pb2.CallRequest(id=2, enqueue=jobs_pb2.EnqueueRequest(name="")),
+        bad_id=jobs_pb2.CallRequest(id=3, await_job=jobs_pb2.AwaitJobRequest(id="not-a-uuid")),
+        missing=jobs_pb2.CallRequest(id=4, await_job=jobs_pb2.AwaitJobRequest(id=unknown)),
+        empty=jobs_pb2.CallRequest(id=5),
+    )
+    job = (await stream.answer(1)).enqueue.job
+    assert job.name == "f" and job.state == types_pb2.JOB_STATE_PENDING
+    refused = {call_id: (await stream.answer(call_id)).error for call_id in (2, 3, 4, 5)}
+    assert refused[2].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "name" in refused[2].message
+    assert refused[3].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "id" in refused[3].message
+    assert refused[4].code == grpc.StatusCode.NOT_FOUND.value[0] and unknown in refused[4].message
+    assert refused[5].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert count_jobs(db) == 1  # the refused enqueue wrote nothing
+
+    # The stream is still open: a wait for the job is answered once a worker has run it.
+    wait = jobs_pb2.AwaitJobRequest(id=job.id, wait=Duration(seconds=30))
+    await stream.send(wait=jobs_pb2.CallRequest(id=6, await_job=wait))
+    worker = RawWorker(channel)
+    await worker.register("f")
+    assignment = await worker.next("assignment")
+    await worker.answer(assignment.job_id, 1, success=json_payload(9))
+    done = (await stream.answer(6)).await_job
+    assert done.done and done.job.state == types_pb2.JOB_STATE_SUCCESS and json.loads(done.job.result.data) == 9
+    # Hanging up: what is in flight is answered, then the stream ends.
+    await stream.send(last=jobs_pb2.CallRequest(id=7, enqueue=jobs_pb2.EnqueueRequest(name="f")))
+    await stream.call.done_writing()
+    assert (await stream.answer(7)).HasField("enqueue")
+    assert await stream.call.read() is grpc.aio.EOF
+    assert await stream.call.code() == grpc.StatusCode.OK
+    worker.call.cancel()
+
+
+async def test_calls_stream__a_job_running_here_is_not_found_from_another_namespace(jobs, channel) -> None:
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", namespace="a"))).job
+    worker = RawWorker(channel)
+    await worker.register("f", namespace="a")
+    await worker.next("assignment")  # running on a worker of this sidecar
+    stream = CallStream(channel)
+    await stream.send(
+        other=jobs_pb2.CallRequest(id=1, await_job=jobs_pb2.AwaitJobRequest(id=job.id, namespace="b")),
+        own=jobs_pb2.CallRequest(id=2, await_job=jobs_pb2.AwaitJobRequest(id=job.id, namespace="a",
+                                                                        wait=Duration(seconds=0))))
+    assert (await stream.answer(1)).error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    own = (await stream.answer(2)).await_job
+    assert not own.done and own.job.state == types_pb2.JOB_STATE_RUNNING
+    stream.call.cancel()
+    worker.call.cancel()
+
+
+async def test_calls_stream__answers_a_burst_of_calls_in_few_messages(jobs, channel, db) -> None:
+    stream = CallStream(channel)
+    calls = {f"c{n}": jobs_pb2.CallRequest(id=n, enqueue=jobs_pb2.EnqueueRequest(name="f")) for n in range(1, 201)}
+    await stream.send(**calls)
+    answers = [await stream.answer(n) for n in range(1, 201)]
+    assert all(a.HasField("enqueue") for a in answers) and count_jobs(db) == 200
+    assert len({a.enqueue.job.id for a in answers}) == 200
+    assert stream.messages < 200  # answers ready together travel together
+    stream.call.cancel()

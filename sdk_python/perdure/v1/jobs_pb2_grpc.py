@@ -94,6 +94,11 @@ class JobsStub:
                 request_serializer=perdure_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
                 response_deserializer=perdure_dot_v1_dot_jobs__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/perdure.v1.Jobs/Calls',
+                request_serializer=perdure_dot_v1_dot_jobs__pb2.CallRequests.SerializeToString,
+                response_deserializer=perdure_dot_v1_dot_jobs__pb2.CallResponses.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -189,6 +194,17 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Enqueue and AwaitJob as messages on one long-lived stream, for the hot path: a message
+        costs both ends far less than a unary call, and what is ready at once travels in one.
+        Each call means exactly what the unary RPC of its name means (same checks, same
+        answers, same statuses); answers come as they are ready, in any order, matched by `id`.
+        A refused call is answered with `error` and the stream stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -251,6 +267,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.WatchJobs,
                     request_deserializer=perdure_dot_v1_dot_jobs__pb2.WatchJobsRequest.FromString,
                     response_serializer=perdure_dot_v1_dot_jobs__pb2.JobEvent.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=perdure_dot_v1_dot_jobs__pb2.CallRequests.FromString,
+                    response_serializer=perdure_dot_v1_dot_jobs__pb2.CallResponses.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +598,33 @@ class Jobs:
             '/perdure.v1.Jobs/WatchJobs',
             perdure_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
             perdure_dot_v1_dot_jobs__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/perdure.v1.Jobs/Calls',
+            perdure_dot_v1_dot_jobs__pb2.CallRequests.SerializeToString,
+            perdure_dot_v1_dot_jobs__pb2.CallResponses.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,13 @@ class JobsStub:
     """Lifecycle events as they happen, on every sidecar, until the client hangs up.
     Initial metadata is sent once the watch is subscribed: events after it are not missed.
     """
+    Calls: _grpc.StreamStreamMultiCallable[_jobs_pb2.CallRequests, _jobs_pb2.CallResponses]
+    """Enqueue and AwaitJob as messages on one long-lived stream, for the hot path: a message
+    costs both ends far less than a unary call, and what is ready at once travels in one.
+    Each call means exactly what the unary RPC of its name means (same checks, same
+    answers, same statuses); answers come as they are ready, in any order, matched by `id`.
+    A refused call is answered with `error` and the stream stays open.
+    """
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -104,6 +111,13 @@ class JobsAsyncStub(JobsStub):
     WatchJobs: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobsRequest, _jobs_pb2.JobEvent]  # type: ignore[assignment]
     """Lifecycle events as they happen, on every sidecar, until the client hangs up.
     Initial metadata is sent once the watch is subscribed: events after it are not missed.
+    """
+    Calls: _aio.StreamStreamMultiCallable[_jobs_pb2.CallRequests, _jobs_pb2.CallResponses]  # type: ignore[assignment]
+    """Enqueue and AwaitJob as messages on one long-lived stream, for the hot path: a message
+    costs both ends far less than a unary call, and what is ready at once travels in one.
+    Each call means exactly what the unary RPC of its name means (same checks, same
+    answers, same statuses); answers come as they are ready, in any order, matched by `id`.
+    A refused call is answered with `error` and the stream stays open.
     """
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
@@ -212,6 +226,19 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_jobs_pb2.JobEvent], _abc.AsyncIterator[_jobs_pb2.JobEvent]]:
         """Lifecycle events as they happen, on every sidecar, until the client hangs up.
         Initial metadata is sent once the watch is subscribed: events after it are not missed.
+        """
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_jobs_pb2.CallRequests],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_jobs_pb2.CallResponses], _abc.AsyncIterator[_jobs_pb2.CallResponses]]:
+        """Enqueue and AwaitJob as messages on one long-lived stream, for the hot path: a message
+        costs both ends far less than a unary call, and what is ready at once travels in one.
+        Each call means exactly what the unary RPC of its name means (same checks, same
+        answers, same statuses); answers come as they are ready, in any order, matched by `id`.
+        A refused call is answered with `error` and the stream stays open.
         """
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,6 +15,137 @@ import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 export declare const file_perdure_v1_jobs: GenFile;
 
 /**
+ * @generated from message perdure.v1.CallRequests
+ */
+export declare type CallRequests = Message<"perdure.v1.CallRequests"> & {
+  /**
+   * @generated from field: repeated perdure.v1.CallRequest calls = 1;
+   */
+  calls: CallRequest[];
+};
+
+/**
+ * Describes the message perdure.v1.CallRequests.
+ * Use `create(CallRequestsSchema)` to create a new message.
+ */
+export declare const CallRequestsSchema: GenMessage<CallRequests>;
+
+/**
+ * @generated from message perdure.v1.CallRequest
+ */
+export declare type CallRequest = Message<"perdure.v1.CallRequest"> & {
+  /**
+   * Chosen by the client; unique among its unanswered calls on the stream.
+   *
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * @generated from oneof perdure.v1.CallRequest.request
+   */
+  request: {
+    /**
+     * @generated from field: perdure.v1.EnqueueRequest enqueue = 2;
+     */
+    value: EnqueueRequest;
+    case: "enqueue";
+  } | {
+    /**
+     * @generated from field: perdure.v1.AwaitJobRequest await_job = 3;
+     */
+    value: AwaitJobRequest;
+    case: "awaitJob";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message perdure.v1.CallRequest.
+ * Use `create(CallRequestSchema)` to create a new message.
+ */
+export declare const CallRequestSchema: GenMessage<CallRequest>;
+
+/**
+ * @generated from message perdure.v1.CallResponses
+ */
+export declare type CallResponses = Message<"perdure.v1.CallResponses"> & {
+  /**
+   * @generated from field: repeated perdure.v1.CallResponse responses = 1;
+   */
+  responses: CallResponse[];
+};
+
+/**
+ * Describes the message perdure.v1.CallResponses.
+ * Use `create(CallResponsesSchema)` to create a new message.
+ */
+export declare const CallResponsesSchema: GenMessage<CallResponses>;
+
+/**
+ * @generated from message perdure.v1.CallResponse
+ */
+export declare type CallResponse = Message<"perdure.v1.CallResponse"> & {
+  /**
+   * @generated from field: uint64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * @generated from oneof perdure.v1.CallResponse.response
+   */
+  response: {
+    /**
+     * @generated from field: perdure.v1.EnqueueResponse enqueue = 2;
+     */
+    value: EnqueueResponse;
+    case: "enqueue";
+  } | {
+    /**
+     * @generated from field: perdure.v1.AwaitJobResponse await_job = 3;
+     */
+    value: AwaitJobResponse;
+    case: "awaitJob";
+  } | {
+    /**
+     * @generated from field: perdure.v1.CallError error = 4;
+     */
+    value: CallError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message perdure.v1.CallResponse.
+ * Use `create(CallResponseSchema)` to create a new message.
+ */
+export declare const CallResponseSchema: GenMessage<CallResponse>;
+
+/**
+ * A refused call: the status the unary RPC would have ended with.
+ *
+ * @generated from message perdure.v1.CallError
+ */
+export declare type CallError = Message<"perdure.v1.CallError"> & {
+  /**
+   * A gRPC status code, e.g. 3 (INVALID_ARGUMENT) or 5 (NOT_FOUND).
+   *
+   * @generated from field: int32 code = 1;
+   */
+  code: number;
+
+  /**
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message perdure.v1.CallError.
+ * Use `create(CallErrorSchema)` to create a new message.
+ */
+export declare const CallErrorSchema: GenMessage<CallError>;
+
+/**
  * @generated from message perdure.v1.EnqueueRequest
  */
 export declare type EnqueueRequest = Message<"perdure.v1.EnqueueRequest"> & {
@@ -976,6 +1107,20 @@ export declare const Jobs: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchJobsRequestSchema;
     output: typeof JobEventSchema;
+  },
+  /**
+   * Enqueue and AwaitJob as messages on one long-lived stream, for the hot path: a message
+   * costs both ends far less than a unary call, and what is ready at once travels in one.
+   * Each call means exactly what the unary RPC of its name means (same checks, same
+   * answers, same statuses); answers come as they are ready, in any order, matched by `id`.
+   * A refused call is answered with `error` and the stream stays open.
+   *
+   * @generated from rpc perdure.v1.Jobs.Calls
+   */
+  calls: {
+    methodKind: "bidi_streaming";
+    input: typeof CallRequestsSchema;
+    output: typeof CallResponsesSchema;
   },
 }>;
 

@@ -15,182 +15,217 @@ const { file_perdure_v1_types } = require("./types_pb.js");
  * Describes the file perdure/v1/jobs.proto.
  */
 const file_perdure_v1_jobs = /*@__PURE__*/
-  fileDesc("ChVwZXJkdXJlL3YxL2pvYnMucHJvdG8SCnBlcmR1cmUudjEipwUKDkVucXVldWVSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEiQKB3BheWxvYWQYAyABKAsyEy5wZXJkdXJlLnYxLlBheWxvYWQSFwoPaWRlbXBvdGVuY3lfa2V5GAQgASgJEiYKBXJldHJ5GAUgASgLMhcucGVyZHVyZS52MS5SZXRyeVBvbGljeRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEigKBWRlbGF5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXBhcmVudF9pZBgIIAEoCRIqCgZydW5fYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GAogASgFEjYKBmxhYmVscxgLIAMoCzImLnBlcmR1cmUudjEuRW5xdWV1ZVJlcXVlc3QuTGFiZWxzRW50cnkSFwoPY29uY3VycmVuY3lfa2V5GAwgASgJEi8KDHN0YXJ0X3dpdGhpbhgNIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxtYXhfZHVyYXRpb24YDiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SQwoNdHJhY2VfY29udGV4dBgPIAMoCzIsLnBlcmR1cmUudjEuRW5xdWV1ZVJlcXVlc3QuVHJhY2VDb250ZXh0RW50cnkSCgoCaWQYECABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkUKD0VucXVldWVSZXNwb25zZRIcCgNqb2IYASABKAsyDy5wZXJkdXJlLnYxLkpvYhIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiPwoTRW5xdWV1ZUJhdGNoUmVxdWVzdBIoCgRqb2JzGAEgAygLMhoucGVyZHVyZS52MS5FbnF1ZXVlUmVxdWVzdCJEChRFbnF1ZXVlQmF0Y2hSZXNwb25zZRIsCgdyZXN1bHRzGAEgAygLMhsucGVyZHVyZS52MS5FbnF1ZXVlUmVzcG9uc2UiLgoNR2V0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiLgoOR2V0Sm9iUmVzcG9uc2USHAoDam9iGAEgASgLMg8ucGVyZHVyZS52MS5Kb2IikwIKD0xpc3RKb2JzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCRIkCgZzdGF0ZXMYAyADKA4yFC5wZXJkdXJlLnYxLkpvYlN0YXRlEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJEjcKBmxhYmVscxgGIAMoCzInLnBlcmR1cmUudjEuTGlzdEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5EhIKCmVycm9yX3R5cGUYByABKAkSFgoOZXJyb3JfY29udGFpbnMYCCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJKChBMaXN0Sm9ic1Jlc3BvbnNlEh0KBGpvYnMYASADKAsyDy5wZXJkdXJlLnYxLkpvYhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiWQoPQXdhaXRKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRInCgR3YWl0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj4KEEF3YWl0Sm9iUmVzcG9uc2USHAoDam9iGAEgASgLMg8ucGVyZHVyZS52MS5Kb2ISDAoEZG9uZRgCIAEoCCIxChBDYW5jZWxKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJEChFDYW5jZWxKb2JSZXNwb25zZRIcCgNqb2IYASABKAsyDy5wZXJkdXJlLnYxLkpvYhIRCgljYW5jZWxsZWQYAiABKAgiMAoPUmV0cnlKb2JSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIwChBSZXRyeUpvYlJlc3BvbnNlEhwKA2pvYhgBIAEoCzIPLnBlcmR1cmUudjEuSm9iIuABCglKb2JGaWx0ZXISEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoGc3RhdGVzGAMgAygOMhQucGVyZHVyZS52MS5Kb2JTdGF0ZRIxCgZsYWJlbHMYBCADKAsyIS5wZXJkdXJlLnYxLkpvYkZpbHRlci5MYWJlbHNFbnRyeRISCgplcnJvcl90eXBlGAUgASgJEhYKDmVycm9yX2NvbnRhaW5zGAYgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiOQoQUmV0cnlKb2JzUmVxdWVzdBIlCgZmaWx0ZXIYASABKAsyFS5wZXJkdXJlLnYxLkpvYkZpbHRlciIkChFSZXRyeUpvYnNSZXNwb25zZRIPCgdyZXRyaWVkGAEgASgFIjkKEFB1cmdlSm9ic1JlcXVlc3QSJQoGZmlsdGVyGAEgASgLMhUucGVyZHVyZS52MS5Kb2JGaWx0ZXIiIwoRUHVyZ2VKb2JzUmVzcG9uc2USDgoGcHVyZ2VkGAEgASgFIlkKEEVtaXRFdmVudFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoHcGF5bG9hZBgDIAEoCzITLnBlcmR1cmUudjEuUGF5bG9hZCIiChFFbWl0RXZlbnRSZXNwb25zZRINCgV3b2tlbhgBIAEoBSIyCg9HZXRFdmVudFJlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkiaAoQR2V0RXZlbnRSZXNwb25zZRIkCgdwYXlsb2FkGAEgASgLMhMucGVyZHVyZS52MS5QYXlsb2FkEi4KCmVtaXR0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkMKEFdhdGNoSm9ic1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGam9iX2lkGAMgASgJIt4CCghKb2JFdmVudBImCgRraW5kGAEgASgOMhgucGVyZHVyZS52MS5Kb2JFdmVudEtpbmQSDgoGam9iX2lkGAIgASgJEhEKCW5hbWVzcGFjZRgDIAEoCRIMCgRuYW1lGAQgASgJEg8KB2F0dGVtcHQYBSABKAUSIwoFc3RhdGUYBiABKA4yFC5wZXJkdXJlLnYxLkpvYlN0YXRlEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIjCgVlcnJvchgIIAEoCzIULnBlcmR1cmUudjEuSm9iRXJyb3ISKgoGcnVuX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCghwcm9ncmVzcxgKIAEoCzIULnBlcmR1cmUudjEuUHJvZ3Jlc3MSIgoDbG9nGAsgASgLMhUucGVyZHVyZS52MS5Mb2dSZWNvcmQq6gIKDEpvYkV2ZW50S2luZBIeChpKT0JfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEhsKF0pPQl9FVkVOVF9LSU5EX0VOUVVFVUVEEAESGgoWSk9CX0VWRU5UX0tJTkRfU1RBUlRFRBACEhwKGEpPQl9FVkVOVF9LSU5EX1NVQ0NFRURFRBADEiEKHUpPQl9FVkVOVF9LSU5EX0FUVEVNUFRfRkFJTEVEEAQSFwoTSk9CX0VWRU5UX0tJTkRfREVBRBAFEhwKGEpPQl9FVkVOVF9LSU5EX0NBTkNFTExFRBAGEhoKFkpPQl9FVkVOVF9LSU5EX1JFVFJJRUQQBxIcChhKT0JfRVZFTlRfS0lORF9TVVNQRU5ERUQQCBIbChdKT0JfRVZFTlRfS0lORF9QUk9HUkVTUxAJEhYKEkpPQl9FVkVOVF9LSU5EX0xPRxAKEhoKFkpPQl9FVkVOVF9LSU5EX1JFU1VNRUQQCzLlBgoESm9icxJCCgdFbnF1ZXVlEhoucGVyZHVyZS52MS5FbnF1ZXVlUmVxdWVzdBobLnBlcmR1cmUudjEuRW5xdWV1ZVJlc3BvbnNlElEKDEVucXVldWVCYXRjaBIfLnBlcmR1cmUudjEuRW5xdWV1ZUJhdGNoUmVxdWVzdBogLnBlcmR1cmUudjEuRW5xdWV1ZUJhdGNoUmVzcG9uc2USPwoGR2V0Sm9iEhkucGVyZHVyZS52MS5HZXRKb2JSZXF1ZXN0GhoucGVyZHVyZS52MS5HZXRKb2JSZXNwb25zZRJFCghMaXN0Sm9icxIbLnBlcmR1cmUudjEuTGlzdEpvYnNSZXF1ZXN0GhwucGVyZHVyZS52MS5MaXN0Sm9ic1Jlc3BvbnNlEkUKCEF3YWl0Sm9iEhsucGVyZHVyZS52MS5Bd2FpdEpvYlJlcXVlc3QaHC5wZXJkdXJlLnYxLkF3YWl0Sm9iUmVzcG9uc2USSAoJQ2FuY2VsSm9iEhwucGVyZHVyZS52MS5DYW5jZWxKb2JSZXF1ZXN0Gh0ucGVyZHVyZS52MS5DYW5jZWxKb2JSZXNwb25zZRJFCghSZXRyeUpvYhIbLnBlcmR1cmUudjEuUmV0cnlKb2JSZXF1ZXN0GhwucGVyZHVyZS52MS5SZXRyeUpvYlJlc3BvbnNlEkgKCVJldHJ5Sm9icxIcLnBlcmR1cmUudjEuUmV0cnlKb2JzUmVxdWVzdBodLnBlcmR1cmUudjEuUmV0cnlKb2JzUmVzcG9uc2USSAoJUHVyZ2VKb2JzEhwucGVyZHVyZS52MS5QdXJnZUpvYnNSZXF1ZXN0Gh0ucGVyZHVyZS52MS5QdXJnZUpvYnNSZXNwb25zZRJICglFbWl0RXZlbnQSHC5wZXJkdXJlLnYxLkVtaXRFdmVudFJlcXVlc3QaHS5wZXJkdXJlLnYxLkVtaXRFdmVudFJlc3BvbnNlEkUKCEdldEV2ZW50EhsucGVyZHVyZS52MS5HZXRFdmVudFJlcXVlc3QaHC5wZXJkdXJlLnYxLkdldEV2ZW50UmVzcG9uc2USQQoJV2F0Y2hKb2JzEhwucGVyZHVyZS52MS5XYXRjaEpvYnNSZXF1ZXN0GhQucGVyZHVyZS52MS5Kb2JFdmVudDABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_perdure_v1_types]);
+  fileDesc("ChVwZXJkdXJlL3YxL2pvYnMucHJvdG8SCnBlcmR1cmUudjEiNgoMQ2FsbFJlcXVlc3RzEiYKBWNhbGxzGAEgAygLMhcucGVyZHVyZS52MS5DYWxsUmVxdWVzdCKFAQoLQ2FsbFJlcXVlc3QSCgoCaWQYASABKAQSLQoHZW5xdWV1ZRgCIAEoCzIaLnBlcmR1cmUudjEuRW5xdWV1ZVJlcXVlc3RIABIwCglhd2FpdF9qb2IYAyABKAsyGy5wZXJkdXJlLnYxLkF3YWl0Sm9iUmVxdWVzdEgAQgkKB3JlcXVlc3QiPAoNQ2FsbFJlc3BvbnNlcxIrCglyZXNwb25zZXMYASADKAsyGC5wZXJkdXJlLnYxLkNhbGxSZXNwb25zZSKxAQoMQ2FsbFJlc3BvbnNlEgoKAmlkGAEgASgEEi4KB2VucXVldWUYAiABKAsyGy5wZXJkdXJlLnYxLkVucXVldWVSZXNwb25zZUgAEjEKCWF3YWl0X2pvYhgDIAEoCzIcLnBlcmR1cmUudjEuQXdhaXRKb2JSZXNwb25zZUgAEiYKBWVycm9yGAQgASgLMhUucGVyZHVyZS52MS5DYWxsRXJyb3JIAEIKCghyZXNwb25zZSIqCglDYWxsRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJIqcFCg5FbnF1ZXVlUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDAoEbmFtZRgCIAEoCRIkCgdwYXlsb2FkGAMgASgLMhMucGVyZHVyZS52MS5QYXlsb2FkEhcKD2lkZW1wb3RlbmN5X2tleRgEIAEoCRImCgVyZXRyeRgFIAEoCzIXLnBlcmR1cmUudjEuUmV0cnlQb2xpY3kSKgoHdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgVkZWxheRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCglwYXJlbnRfaWQYCCABKAkSKgoGcnVuX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwcmlvcml0eRgKIAEoBRI2CgZsYWJlbHMYCyADKAsyJi5wZXJkdXJlLnYxLkVucXVldWVSZXF1ZXN0LkxhYmVsc0VudHJ5EhcKD2NvbmN1cnJlbmN5X2tleRgMIAEoCRIvCgxzdGFydF93aXRoaW4YDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoMbWF4X2R1cmF0aW9uGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEkMKDXRyYWNlX2NvbnRleHQYDyADKAsyLC5wZXJkdXJlLnYxLkVucXVldWVSZXF1ZXN0LlRyYWNlQ29udGV4dEVudHJ5EgoKAmlkGBAgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJFCg9FbnF1ZXVlUmVzcG9uc2USHAoDam9iGAEgASgLMg8ucGVyZHVyZS52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj8KE0VucXVldWVCYXRjaFJlcXVlc3QSKAoEam9icxgBIAMoCzIaLnBlcmR1cmUudjEuRW5xdWV1ZVJlcXVlc3QiRAoURW5xdWV1ZUJhdGNoUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLnBlcmR1cmUudjEuRW5xdWV1ZVJlc3BvbnNlIi4KDUdldEpvYlJlcXVlc3QSCgoCaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIi4KDkdldEpvYlJlc3BvbnNlEhwKA2pvYhgBIAEoCzIPLnBlcmR1cmUudjEuSm9iIpMCCg9MaXN0Sm9ic1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEgwKBG5hbWUYAiABKAkSJAoGc3RhdGVzGAMgAygOMhQucGVyZHVyZS52MS5Kb2JTdGF0ZRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCRI3CgZsYWJlbHMYBiADKAsyJy5wZXJkdXJlLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRISCgplcnJvcl90eXBlGAcgASgJEhYKDmVycm9yX2NvbnRhaW5zGAggASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSgoQTGlzdEpvYnNSZXNwb25zZRIdCgRqb2JzGAEgAygLMg8ucGVyZHVyZS52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlkKD0F3YWl0Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEd2FpdBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI+ChBBd2FpdEpvYlJlc3BvbnNlEhwKA2pvYhgBIAEoCzIPLnBlcmR1cmUudjEuSm9iEgwKBGRvbmUYAiABKAgiMQoQQ2FuY2VsSm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiRAoRQ2FuY2VsSm9iUmVzcG9uc2USHAoDam9iGAEgASgLMg8ucGVyZHVyZS52MS5Kb2ISEQoJY2FuY2VsbGVkGAIgASgIIjAKD1JldHJ5Sm9iUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiMAoQUmV0cnlKb2JSZXNwb25zZRIcCgNqb2IYASABKAsyDy5wZXJkdXJlLnYxLkpvYiLgAQoJSm9iRmlsdGVyEhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEiQKBnN0YXRlcxgDIAMoDjIULnBlcmR1cmUudjEuSm9iU3RhdGUSMQoGbGFiZWxzGAQgAygLMiEucGVyZHVyZS52MS5Kb2JGaWx0ZXIuTGFiZWxzRW50cnkSEgoKZXJyb3JfdHlwZRgFIAEoCRIWCg5lcnJvcl9jb250YWlucxgGIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjkKEFJldHJ5Sm9ic1JlcXVlc3QSJQoGZmlsdGVyGAEgASgLMhUucGVyZHVyZS52MS5Kb2JGaWx0ZXIiJAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHcmV0cmllZBgBIAEoBSI5ChBQdXJnZUpvYnNSZXF1ZXN0EiUKBmZpbHRlchgBIAEoCzIVLnBlcmR1cmUudjEuSm9iRmlsdGVyIiMKEVB1cmdlSm9ic1Jlc3BvbnNlEg4KBnB1cmdlZBgBIAEoBSJZChBFbWl0RXZlbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEiQKB3BheWxvYWQYAyABKAsyEy5wZXJkdXJlLnYxLlBheWxvYWQiIgoRRW1pdEV2ZW50UmVzcG9uc2USDQoFd29rZW4YASABKAUiMgoPR2V0RXZlbnRSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJImgKEEdldEV2ZW50UmVzcG9uc2USJAoHcGF5bG9hZBgBIAEoCzITLnBlcmR1cmUudjEuUGF5bG9hZBIuCgplbWl0dGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJDChBXYXRjaEpvYnNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBmpvYl9pZBgDIAEoCSLeAgoISm9iRXZlbnQSJgoEa2luZBgBIAEoDjIYLnBlcmR1cmUudjEuSm9iRXZlbnRLaW5kEg4KBmpvYl9pZBgCIAEoCRIRCgluYW1lc3BhY2UYAyABKAkSDAoEbmFtZRgEIAEoCRIPCgdhdHRlbXB0GAUgASgFEiMKBXN0YXRlGAYgASgOMhQucGVyZHVyZS52MS5Kb2JTdGF0ZRImCgJhdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoFZXJyb3IYCCABKAsyFC5wZXJkdXJlLnYxLkpvYkVycm9yEioKBnJ1bl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoIcHJvZ3Jlc3MYCiABKAsyFC5wZXJkdXJlLnYxLlByb2dyZXNzEiIKA2xvZxgLIAEoCzIVLnBlcmR1cmUudjEuTG9nUmVjb3JkKuoCCgxKb2JFdmVudEtpbmQSHgoaSk9CX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIbChdKT0JfRVZFTlRfS0lORF9FTlFVRVVFRBABEhoKFkpPQl9FVkVOVF9LSU5EX1NUQVJURUQQAhIcChhKT0JfRVZFTlRfS0lORF9TVUNDRUVERUQQAxIhCh1KT0JfRVZFTlRfS0lORF9BVFRFTVBUX0ZBSUxFRBAEEhcKE0pPQl9FVkVOVF9LSU5EX0RFQUQQBRIcChhKT0JfRVZFTlRfS0lORF9DQU5DRUxMRUQQBhIaChZKT0JfRVZFTlRfS0lORF9SRVRSSUVEEAcSHAoYSk9CX0VWRU5UX0tJTkRfU1VTUEVOREVEEAgSGwoXSk9CX0VWRU5UX0tJTkRfUFJPR1JFU1MQCRIWChJKT0JfRVZFTlRfS0lORF9MT0cQChIaChZKT0JfRVZFTlRfS0lORF9SRVNVTUVEEAsypwcKBEpvYnMSQgoHRW5xdWV1ZRIaLnBlcmR1cmUudjEuRW5xdWV1ZVJlcXVlc3QaGy5wZXJkdXJlLnYxLkVucXVldWVSZXNwb25zZRJRCgxFbnF1ZXVlQmF0Y2gSHy5wZXJkdXJlLnYxLkVucXVldWVCYXRjaFJlcXVlc3QaIC5wZXJkdXJlLnYxLkVucXVldWVCYXRjaFJlc3BvbnNlEj8KBkdldEpvYhIZLnBlcmR1cmUudjEuR2V0Sm9iUmVxdWVzdBoaLnBlcmR1cmUudjEuR2V0Sm9iUmVzcG9uc2USRQoITGlzdEpvYnMSGy5wZXJkdXJlLnYxLkxpc3RKb2JzUmVxdWVzdBocLnBlcmR1cmUudjEuTGlzdEpvYnNSZXNwb25zZRJFCghBd2FpdEpvYhIbLnBlcmR1cmUudjEuQXdhaXRKb2JSZXF1ZXN0GhwucGVyZHVyZS52MS5Bd2FpdEpvYlJlc3BvbnNlEkgKCUNhbmNlbEpvYhIcLnBlcmR1cmUudjEuQ2FuY2VsSm9iUmVxdWVzdBodLnBlcmR1cmUudjEuQ2FuY2VsSm9iUmVzcG9uc2USRQoIUmV0cnlKb2ISGy5wZXJkdXJlLnYxLlJldHJ5Sm9iUmVxdWVzdBocLnBlcmR1cmUudjEuUmV0cnlKb2JSZXNwb25zZRJICglSZXRyeUpvYnMSHC5wZXJkdXJlLnYxLlJldHJ5Sm9ic1JlcXVlc3QaHS5wZXJkdXJlLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEkgKCVB1cmdlSm9icxIcLnBlcmR1cmUudjEuUHVyZ2VKb2JzUmVxdWVzdBodLnBlcmR1cmUudjEuUHVyZ2VKb2JzUmVzcG9uc2USSAoJRW1pdEV2ZW50EhwucGVyZHVyZS52MS5FbWl0RXZlbnRSZXF1ZXN0Gh0ucGVyZHVyZS52MS5FbWl0RXZlbnRSZXNwb25zZRJFCghHZXRFdmVudBIbLnBlcmR1cmUudjEuR2V0RXZlbnRSZXF1ZXN0GhwucGVyZHVyZS52MS5HZXRFdmVudFJlc3BvbnNlEkEKCVdhdGNoSm9icxIcLnBlcmR1cmUudjEuV2F0Y2hKb2JzUmVxdWVzdBoULnBlcmR1cmUudjEuSm9iRXZlbnQwARJACgVDYWxscxIYLnBlcmR1cmUudjEuQ2FsbFJlcXVlc3RzGhkucGVyZHVyZS52MS5DYWxsUmVzcG9uc2VzKAEwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_perdure_v1_types]);
+
+/**
+ * Describes the message perdure.v1.CallRequests.
+ * Use `create(CallRequestsSchema)` to create a new message.
+ */
+const CallRequestsSchema = /*@__PURE__*/
+  messageDesc(file_perdure_v1_jobs, 0);
+
+/**
+ * Describes the message perdure.v1.CallRequest.
+ * Use `create(CallRequestSchema)` to create a new message.
+ */
+const CallRequestSchema = /*@__PURE__*/
+  messageDesc(file_perdure_v1_jobs, 1);
+
+/**
+ * Describes the message perdure.v1.CallResponses.
+ * Use `create(CallResponsesSchema)` to create a new message.
+ */
+const CallResponsesSchema = /*@__PURE__*/
+  messageDesc(file_perdure_v1_jobs, 2);
+
+/**
+ * Describes the message perdure.v1.CallResponse.
+ * Use `create(CallResponseSchema)` to create a new message.
+ */
+const CallResponseSchema = /*@__PURE__*/
+  messageDesc(file_perdure_v1_jobs, 3);
+
+/**
+ * Describes the message perdure.v1.CallError.
+ * Use `create(CallErrorSchema)` to create a new message.
+ */
+const CallErrorSchema = /*@__PURE__*/
+  messageDesc(file_perdure_v1_jobs, 4);
 
 /**
  * Describes the message perdure.v1.EnqueueRequest.
  * Use `create(EnqueueRequestSchema)` to create a new message.
  */
 const EnqueueRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 0);
+  messageDesc(file_perdure_v1_jobs, 5);
 
 /**
  * Describes the message perdure.v1.EnqueueResponse.
  * Use `create(EnqueueResponseSchema)` to create a new message.
  */
 const EnqueueResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 1);
+  messageDesc(file_perdure_v1_jobs, 6);
 
 /**
  * Describes the message perdure.v1.EnqueueBatchRequest.
  * Use `create(EnqueueBatchRequestSchema)` to create a new message.
  */
 const EnqueueBatchRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 2);
+  messageDesc(file_perdure_v1_jobs, 7);
 
 /**
  * Describes the message perdure.v1.EnqueueBatchResponse.
  * Use `create(EnqueueBatchResponseSchema)` to create a new message.
  */
 const EnqueueBatchResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 3);
+  messageDesc(file_perdure_v1_jobs, 8);
 
 /**
  * Describes the message perdure.v1.GetJobRequest.
  * Use `create(GetJobRequestSchema)` to create a new message.
  */
 const GetJobRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 4);
+  messageDesc(file_perdure_v1_jobs, 9);
 
 /**
  * Describes the message perdure.v1.GetJobResponse.
  * Use `create(GetJobResponseSchema)` to create a new message.
  */
 const GetJobResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 5);
+  messageDesc(file_perdure_v1_jobs, 10);
 
 /**
  * Describes the message perdure.v1.ListJobsRequest.
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 const ListJobsRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 6);
+  messageDesc(file_perdure_v1_jobs, 11);
 
 /**
  * Describes the message perdure.v1.ListJobsResponse.
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 const ListJobsResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 7);
+  messageDesc(file_perdure_v1_jobs, 12);
 
 /**
  * Describes the message perdure.v1.AwaitJobRequest.
  * Use `create(AwaitJobRequestSchema)` to create a new message.
  */
 const AwaitJobRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 8);
+  messageDesc(file_perdure_v1_jobs, 13);
 
 /**
  * Describes the message perdure.v1.AwaitJobResponse.
  * Use `create(AwaitJobResponseSchema)` to create a new message.
  */
 const AwaitJobResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 9);
+  messageDesc(file_perdure_v1_jobs, 14);
 
 /**
  * Describes the message perdure.v1.CancelJobRequest.
  * Use `create(CancelJobRequestSchema)` to create a new message.
  */
 const CancelJobRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 10);
+  messageDesc(file_perdure_v1_jobs, 15);
 
 /**
  * Describes the message perdure.v1.CancelJobResponse.
  * Use `create(CancelJobResponseSchema)` to create a new message.
  */
 const CancelJobResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 11);
+  messageDesc(file_perdure_v1_jobs, 16);
 
 /**
  * Describes the message perdure.v1.RetryJobRequest.
  * Use `create(RetryJobRequestSchema)` to create a new message.
  */
 const RetryJobRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 12);
+  messageDesc(file_perdure_v1_jobs, 17);
 
 /**
  * Describes the message perdure.v1.RetryJobResponse.
  * Use `create(RetryJobResponseSchema)` to create a new message.
  */
 const RetryJobResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 13);
+  messageDesc(file_perdure_v1_jobs, 18);
 
 /**
  * Describes the message perdure.v1.JobFilter.
  * Use `create(JobFilterSchema)` to create a new message.
  */
 const JobFilterSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 14);
+  messageDesc(file_perdure_v1_jobs, 19);
 
 /**
  * Describes the message perdure.v1.RetryJobsRequest.
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 const RetryJobsRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 15);
+  messageDesc(file_perdure_v1_jobs, 20);
 
 /**
  * Describes the message perdure.v1.RetryJobsResponse.
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 const RetryJobsResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 16);
+  messageDesc(file_perdure_v1_jobs, 21);
 
 /**
  * Describes the message perdure.v1.PurgeJobsRequest.
  * Use `create(PurgeJobsRequestSchema)` to create a new message.
  */
 const PurgeJobsRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 17);
+  messageDesc(file_perdure_v1_jobs, 22);
 
 /**
  * Describes the message perdure.v1.PurgeJobsResponse.
  * Use `create(PurgeJobsResponseSchema)` to create a new message.
  */
 const PurgeJobsResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 18);
+  messageDesc(file_perdure_v1_jobs, 23);
 
 /**
  * Describes the message perdure.v1.EmitEventRequest.
  * Use `create(EmitEventRequestSchema)` to create a new message.
  */
 const EmitEventRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 19);
+  messageDesc(file_perdure_v1_jobs, 24);
 
 /**
  * Describes the message perdure.v1.EmitEventResponse.
  * Use `create(EmitEventResponseSchema)` to create a new message.
  */
 const EmitEventResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 20);
+  messageDesc(file_perdure_v1_jobs, 25);
 
 /**
  * Describes the message perdure.v1.GetEventRequest.
  * Use `create(GetEventRequestSchema)` to create a new message.
  */
 const GetEventRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 21);
+  messageDesc(file_perdure_v1_jobs, 26);
 
 /**
  * Describes the message perdure.v1.GetEventResponse.
  * Use `create(GetEventResponseSchema)` to create a new message.
  */
 const GetEventResponseSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 22);
+  messageDesc(file_perdure_v1_jobs, 27);
 
 /**
  * Describes the message perdure.v1.WatchJobsRequest.
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 const WatchJobsRequestSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 23);
+  messageDesc(file_perdure_v1_jobs, 28);
 
 /**
  * Describes the message perdure.v1.JobEvent.
  * Use `create(JobEventSchema)` to create a new message.
  */
 const JobEventSchema = /*@__PURE__*/
-  messageDesc(file_perdure_v1_jobs, 24);
+  messageDesc(file_perdure_v1_jobs, 29);
 
 /**
  * Describes the enum perdure.v1.JobEventKind.
@@ -212,6 +247,11 @@ const Jobs = /*@__PURE__*/
 
 
 exports.file_perdure_v1_jobs = file_perdure_v1_jobs;
+exports.CallRequestsSchema = CallRequestsSchema;
+exports.CallRequestSchema = CallRequestSchema;
+exports.CallResponsesSchema = CallResponsesSchema;
+exports.CallResponseSchema = CallResponseSchema;
+exports.CallErrorSchema = CallErrorSchema;
 exports.EnqueueRequestSchema = EnqueueRequestSchema;
 exports.EnqueueResponseSchema = EnqueueResponseSchema;
 exports.EnqueueBatchRequestSchema = EnqueueBatchRequestSchema;
