@@ -104,14 +104,24 @@ claimed AS (
 -- Move runnable jobs of these functions to running, highest priority first, then oldest
 -- run_at, one per free worker slot; the n-th job claimed goes to the n-th slot. Jobs under
 -- flow control (a concurrency key, a controlled function) are left to claim_limited.
+-- Each function's first jobs come from its own walk of jobs_runnable, in the index's order,
+-- so a claim reads about as many rows as it takes, however long the backlog (one walk over
+-- every name would read and sort the whole backlog). The rows locked beyond the slots are
+-- released when the statement ends.
 WITH picked AS (
-    SELECT id, priority, run_at FROM perdure.jobs
-    WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s
-      AND name = ANY(%(names)s) AND run_at <= now() AND concurrency_key IS NULL
-      AND NOT EXISTS (SELECT 1 FROM perdure.functions f WHERE f.namespace = jobs.namespace AND f.name = jobs.name)
-    ORDER BY priority DESC, run_at, id
+    SELECT first.id, first.priority, first.run_at
+    FROM unnest(%(names)s::text[]) AS served(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM perdure.jobs
+        WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = served.name
+          AND run_at <= now() AND concurrency_key IS NULL
+        ORDER BY priority DESC, run_at, id
+        LIMIT cardinality(%(slots)s::text[])
+        FOR UPDATE SKIP LOCKED
+    ) AS first
+    WHERE NOT EXISTS (SELECT 1 FROM perdure.functions f WHERE f.namespace = %(namespace)s AND f.name = served.name)
+    ORDER BY first.priority DESC, first.run_at, first.id
     LIMIT cardinality(%(slots)s::text[])
-    FOR UPDATE SKIP LOCKED
 ), numbered AS (
     SELECT id, row_number() OVER (ORDER BY priority DESC, run_at, id) AS slot FROM picked
 ), {claimed_jobs}

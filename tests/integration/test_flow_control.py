@@ -41,6 +41,24 @@ async def test_priority__higher_runs_first_whichever_sidecar_enqueued(two_sideca
     assert order == ["urgent", "high", "normal", "normal2", "low"]
 
 
+async def test_priority__orders_the_jobs_of_every_function_a_worker_serves_together(two_sidecars, make_client) -> None:
+    producer_side, worker_side = two_sidecars
+    producer = make_client(address=producer_side.address)
+    order: list[str] = []
+
+    async with producer:
+        for name, label, priority in [("tasks:a", "low", -1), ("tasks:b", "urgent", 50), ("tasks:a", "high", 10),
+                                      ("tasks:b", "normal", 0), ("tasks:a", "normal2", 0)]:
+            await producer.enqueue(name, label, priority=priority)
+        worker = make_client(address=worker_side.address, worker_concurrency=1)
+        for name in ("tasks:a", "tasks:b"):
+            worker.durable(name)(order.append)
+        async with worker:
+            while len(order) < 5:
+                await asyncio.sleep(0.02)
+    assert order == ["urgent", "high", "normal", "normal2", "low"]
+
+
 async def test_run_at__the_job_does_not_start_before_its_time(two_sidecars, make_client) -> None:
     producer_side, worker_side = two_sidecars
     worker = make_client(address=worker_side.address)
