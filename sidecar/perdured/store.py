@@ -43,7 +43,7 @@ NEW_JOB_FIELDS = (
     ("max_duration", "interval"), ("trace_context", "jsonb"), ("worker_id", "text"),
 )
 _NEW_JOB_NAMES = ", ".join(name for name, _ in NEW_JOB_FIELDS)
-_NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})s::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
+_NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})b::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
 _NEW_JOB_VALUES = f"(VALUES ({', '.join(f'%({n})s::{t}' for n, t in NEW_JOB_FIELDS)})) AS n({_NEW_JOB_NAMES})"
 
 
