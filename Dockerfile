@@ -10,7 +10,7 @@ COPY proto ./proto
 COPY migrations ./migrations
 COPY sidecar ./sidecar
 COPY sdk_python ./sdk_python
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[fast]"
 
 FROM python:3.12-slim
 RUN useradd --system --create-home --home-dir /var/lib/perdure --uid 10001 perdure

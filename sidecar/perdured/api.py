@@ -129,6 +129,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         job_id, namespace = validation.job_id(request.id), validation.namespace(request.namespace)
         wait = validation.seconds(request.wait, "wait") if request.HasField("wait") else MAX_AWAIT
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_AWAIT)
+        succeeded = self.events.succeeded(job_id)
+        if succeeded is not None and succeeded["namespace"] == namespace:
+            return jobs_pb2.AwaitJobResponse(job=convert.job(succeeded), done=True)
         # Listen first, then read: a job that finishes in between still wakes us.
         with self.events.job_waiter(job_id) as finished:
             # A job running on our workers, its outcome not yet being recorded, has not finished,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +23,7 @@ from perdured.logs import log
 CHANNEL = "perdure_events"
 # A function's flow control changed (0009_flow_control.sql): {"namespace", "name"}.
 FUNCTIONS_CHANNEL = "perdure_functions"
+RECENT_SUCCESSES = 512  # rows kept of the last jobs that succeeded on this sidecar
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class EventHub:
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._function_callbacks: list[Callable[[str, str], None]] = []
         self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
+        self._succeeded: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
         self.ready = asyncio.Event()
 
     def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
@@ -78,11 +80,20 @@ class EventHub:
         """Call `callback(namespace, name)` when a function's flow control changes."""
         self._function_callbacks.append(callback)
 
+    def succeeded(self, job_id: uuid.UUID) -> dict[str, Any] | None:
+        """The row of a job that succeeded on this sidecar a moment ago, if it is still kept:
+        a success never changes, and a caller often asks for the result just after."""
+        return self._succeeded.get(job_id)
+
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
 
     def job_finished(self, row: dict[str, Any]) -> None:
         """A job finished on this sidecar (committed): wake its awaiters with the row itself."""
+        if row["state"] == "success":
+            self._succeeded[row["id"]] = row
+            if len(self._succeeded) > RECENT_SUCCESSES:
+                self._succeeded.popitem(last=False)
         for waiter in self._job_waiters.get(row["id"], ()):
             waiter.row = row
             waiter.set()

@@ -457,7 +457,7 @@ async def test_calls_stream__answers_each_call_as_its_unary_rpc_would_and_stays_
     worker.call.cancel()
 
 
-async def test_calls_stream__a_job_running_here_is_not_found_from_another_namespace(jobs, channel) -> None:
+async def test_calls_stream__a_job_running_or_just_finished_here_is_not_found_from_another_namespace(jobs, channel) -> None:
     job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", namespace="a"))).job
     worker = RawWorker(channel)
     await worker.register("f", namespace="a")
@@ -470,6 +470,14 @@ async def test_calls_stream__a_job_running_here_is_not_found_from_another_namesp
     assert (await stream.answer(1)).error.code == grpc.StatusCode.NOT_FOUND.value[0]
     own = (await stream.answer(2)).await_job
     assert not own.done and own.job.state == types_pb2.JOB_STATE_RUNNING
+    # Just succeeded here: still nobody else's.
+    await worker.answer(job.id, 1, success=json_payload("done"))
+    await stream.send(
+        other=jobs_pb2.CallRequest(id=3, await_job=jobs_pb2.AwaitJobRequest(id=job.id, namespace="b")),
+        own=jobs_pb2.CallRequest(id=4, await_job=jobs_pb2.AwaitJobRequest(id=job.id, namespace="a")))
+    assert (await stream.answer(3)).error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    own = (await stream.answer(4)).await_job
+    assert own.done and json.loads(own.job.result.data) == "done"
     stream.call.cancel()
     worker.call.cancel()
 
