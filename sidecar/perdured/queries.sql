@@ -261,6 +261,12 @@ WITH outcome AS (
                          %(retry_delay)b::interval[], %(attempt_outcome)b::text[], %(waiting_for)b::text[])
         AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome,
              waiting_for)
+), locked AS (
+    -- In id order, as renew_leases locks them (see there).
+    SELECT j.id FROM perdure.jobs j JOIN outcome o ON j.id = o.id
+    WHERE j.attempt = o.attempt AND j.state = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j
 ), decided AS (
     SELECT o.*, CASE
         WHEN o.kind = 'success' THEN 'success'
@@ -268,7 +274,7 @@ WITH outcome AS (
         WHEN o.kind = 'suspended' THEN 'suspended'
         WHEN o.non_retryable OR j.attempt - j.uncounted_attempts >= j.max_attempts THEN 'dead'
         ELSE 'pending' END AS next_state
-    FROM outcome o JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
+    FROM outcome o JOIN locked USING (id) JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
 ), finished AS (
     -- The row is checked again under its lock: only a still-running attempt changes.
     UPDATE perdure.jobs AS j
@@ -294,9 +300,17 @@ SELECT * FROM finished
 
 -- renew_leases --
 -- Extend the leases of all jobs this sidecar runs, in one statement; returns those still ours.
-UPDATE perdure.jobs SET lease_expires_at = now() + %(lease)s
-WHERE id = ANY(%(ids)s) AND state = 'running' AND sidecar_id = %(sidecar_id)s
-RETURNING id
+-- Rows are locked in id order, as finish locks them: two statements that take the same rows
+-- in different orders can deadlock.
+WITH ours AS (
+    SELECT id FROM perdure.jobs
+    WHERE id = ANY(%(ids)b::uuid[]) AND state = 'running' AND sidecar_id = %(sidecar_id)s
+    ORDER BY id
+    FOR UPDATE
+)
+UPDATE perdure.jobs AS j SET lease_expires_at = now() + %(lease)s
+FROM ours WHERE j.id = ours.id
+RETURNING j.id
 
 -- reclaim_expired --
 -- Put back running jobs whose sidecar stopped renewing their lease (it died).

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from perdured.logs import log
 from perdured.metrics import Metrics
 from perdured.validation import FunctionLimits, JobFilter, NewJob
 
@@ -173,7 +174,7 @@ class Store:
         """Run one statement (its own transaction). A connection that turns out broken (the
         server restarted) is dropped and the statement tried again on the next one, until a
         fresh one is reached; every statement here is safe to repeat (enqueue by id, outcomes
-        by attempt)."""
+        by attempt). So is one that PostgreSQL aborted to break a deadlock: it changed nothing."""
         tries = self.pool.max_size + 1
         for attempt in range(1, tries + 1):
             conn = None
@@ -181,6 +182,11 @@ class Store:
                 async with self.pool.connection() as conn:
                     cursor = await conn.execute(QUERIES[query], params)
                     return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
+            except psycopg.errors.DeadlockDetected:
+                self.metrics.database_errors.inc()
+                log.warning("database.deadlock_retried", query=query, attempt=attempt)
+                if attempt == tries:
+                    raise
             except psycopg.OperationalError as exc:
                 self.metrics.database_errors.inc()
                 if attempt == tries or not _connection_lost(conn, exc):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import psycopg
 import pytest
 
 from perdure import JobDeadError
+from perdured.metrics import Metrics
 from perdured.migrate import SchemaTooNew, load_migrations, migrate
 from perdured.store import Store
 
@@ -228,3 +230,24 @@ async def test_migrate__refuses_a_migration_changed_after_it_was_applied(databas
         with pytest.raises(SchemaMismatch, match="0001_core.sql differs from the one applied"):
             await migrate(conn, changed)
         assert await migrate(conn) == []  # the real files still match
+
+
+async def test_store__a_statement_aborted_to_break_a_deadlock_is_run_again(database_url, db) -> None:
+    first, second = sorted(fabricate_running(db, "x", attempt=1, max_attempts=3, expired=False) for _ in range(2))
+    store = await Store.open(database_url, 2, metrics=Metrics(served=True))
+    try:
+        async with await psycopg.AsyncConnection.connect(database_url) as other:
+            # The other client holds `second`; the renewal takes `first` (rows go in id order) and
+            # waits for `second`; then the other client asks for `first`: a deadlock. The other
+            # client waits longer before checking for one, so PostgreSQL aborts the renewal.
+            await other.execute("SET deadlock_timeout = '30s'")
+            await other.execute("SELECT 1 FROM perdure.jobs WHERE id = %s FOR UPDATE", (second,))
+            renewal = asyncio.create_task(store.renew_leases([uuid.UUID(first), uuid.UUID(second)], 60.0, "gone"))
+            while not db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0]:
+                await asyncio.sleep(0.01)
+            await other.execute("SELECT 1 FROM perdure.jobs WHERE id = %s FOR UPDATE", (first,))
+            await other.commit()
+        assert await renewal == {uuid.UUID(first), uuid.UUID(second)}
+        assert store.metrics.registry.get_sample_value("perdure_database_errors_total") == 1  # it happened, once
+    finally:
+        await store.close()
