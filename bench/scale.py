@@ -51,21 +51,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PostgreSQL to use (default: an embedded one in a temporary directory)")
 
 
-class CpuMeter:
-    """The share of the machine's CPU time spent busy (by anyone) since it was made, from /proc/stat."""
+TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these per second
 
-    def __init__(self) -> None:
+
+class CpuMeter:
+    """CPU time spent since the meter was made, from /proc: the machine's (anyone's work) and
+    that of groups of our processes (they must outlive the meter's reading)."""
+
+    def __init__(self, groups: dict[str, list[int]] | None = None) -> None:
+        self.groups = groups or {}
         self.begin = self._read()
 
-    @staticmethod
-    def _read() -> tuple[int, int]:
+    def _read(self) -> dict[str, int]:
         fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle, iowait
-        return sum(fields) - idle, sum(fields)
+        ticks = {"all": sum(fields), "busy": sum(fields) - fields[3] - fields[4]}  # less idle and iowait
+        for name, pids in self.groups.items():
+            # utime and stime: the 14th and 15th fields, the 12th and 13th after the command's ")".
+            ticks[name] = sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+                              for pid in pids)
+        return ticks
 
     def busy(self) -> float:
-        busy, total = self._read()
-        return (busy - self.begin[0]) / max(total - self.begin[1], 1)
+        """The share of the machine's CPU time spent busy."""
+        now = self._read()
+        return (now["busy"] - self.begin["busy"]) / max(now["all"] - self.begin["all"], 1)
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds of each group, and of the rest of the machine (PostgreSQL, this process,
+        anyone else's work)."""
+        now = self._read()
+        spent = {name: (now[name] - self.begin[name]) / TICK for name in self.groups}
+        return spent | {"rest": (now["busy"] - self.begin["busy"]) / TICK - sum(spent.values())}
 
 
 async def enqueue_backlog(addresses: list[str], namespace: str, jobs: int, release: datetime) -> None:
@@ -78,24 +94,26 @@ async def enqueue_backlog(addresses: list[str], namespace: str, jobs: int, relea
     await asyncio.gather(*(share(address, count) for address, count in zip(addresses, shares, strict=True)))
 
 
-async def drain(url: str, addresses: list[str], namespace: str, jobs: int, concurrency: int,
-                release: datetime) -> tuple[float, float, bool]:
-    """Connect one worker per sidecar, then let them drain the backlog from its release on.
-    Returns jobs/s (the release until the last job ended, by the database's clock), the CPU
-    busy share meanwhile, and whether every worker was connected in time."""
-    with contextlib.ExitStack() as workers:
-        for address in addresses:
-            workers.enter_context(harness.worker_process(address, namespace, concurrency))
+async def drain(url: str, sidecars: list[harness.Perdured], namespace: str, jobs: int, concurrency: int,
+                release: datetime) -> dict[str, Any]:
+    """Connect one worker per sidecar, then let them drain the backlog from its release on:
+    jobs/s (the release until the last job ended, by the database's clock), the machine's busy
+    share and the CPU time per job of the sidecars, the workers and the rest, and whether every
+    worker was connected in time."""
+    with contextlib.ExitStack() as stack:
+        workers = [stack.enter_context(harness.worker_process(s.address, namespace, concurrency)) for s in sidecars]
         in_time = harness.count_jobs(url, namespace, "pending") == jobs
         await asyncio.sleep(max((release - datetime.now(UTC)).total_seconds(), 0))
-        cpu = CpuMeter()
+        cpu = CpuMeter({"sidecars": [s.process.pid for s in sidecars], "workers": [w.pid for w in workers]})
         while harness.count_jobs(url, namespace, "success") < jobs:
             await asyncio.sleep(0.1)
-        busy = cpu.busy()
+        busy, seconds = cpu.busy(), cpu.seconds()
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(run_at))::float8 FROM perdure.jobs "
                            "WHERE namespace = %s", (namespace,)).fetchone()
-    return jobs / row[0] if row and row[0] else 0.0, busy, in_time
+    return {"drain_per_s": jobs / row[0] if row and row[0] else 0.0, "drain_cpu_busy": round(busy, 3),
+            "drain_cpu_ms_per_job": {name: round(s * 1000 / jobs, 3) for name, s in seconds.items()},
+            "in_time": in_time}
 
 
 async def mixed(addresses: list[str], namespace: str, callers: int,
@@ -127,13 +145,13 @@ async def measure(url: str, sidecars: int, args: argparse.Namespace) -> dict[str
     """One run with `sidecars` perdured processes: the drain, then the mixed load."""
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     with contextlib.ExitStack() as stack:
-        addresses = [stack.enter_context(harness.perdured(url)).address for _ in range(sidecars)]
+        processes = [stack.enter_context(harness.perdured(url)) for _ in range(sidecars)]
+        addresses = [p.address for p in processes]
         # Runnable only once every worker is connected: a worker takes a second or so to start.
         release = datetime.now(UTC) + timedelta(seconds=3 + 1.5 * sidecars)
         await enqueue_backlog(addresses, namespace, args.jobs, release)
-        drain_rate, drain_cpu, in_time = await drain(url, addresses, namespace, args.jobs, args.concurrency,
-                                                     release)
-        if not in_time:
+        figures = await drain(url, processes, namespace, args.jobs, args.concurrency, release)
+        if not figures.pop("in_time"):
             print(f"note: with {sidecars} sidecars, the backlog became runnable before every worker had "
                   "connected: the drain rate undercounts", flush=True)
         for address in addresses:
@@ -141,8 +159,7 @@ async def measure(url: str, sidecars: int, args: argparse.Namespace) -> dict[str
         cpu = CpuMeter()
         mixed_rate, lags, round_trips = await mixed(addresses, namespace, args.callers, args.duration)
         mixed_cpu = cpu.busy()
-    return {"drain_per_s": drain_rate, "drain_cpu_busy": round(drain_cpu, 3), "mixed_per_s": mixed_rate,
-            "mixed_cpu_busy": round(mixed_cpu, 3), "lag_ms": harness.summary(lags),
+    return figures | {"mixed_per_s": mixed_rate, "mixed_cpu_busy": round(mixed_cpu, 3), "lag_ms": harness.summary(lags),
             "round_trip_ms": harness.summary(round_trips)}
 
 
@@ -195,6 +212,9 @@ def run(args: argparse.Namespace) -> None:
               f"{r['lag_ms']['p95'] / lag_floor:>9.2f}{r['round_trip_ms']['p95']:>10.3f}")
     print(f"(x 1: to one sidecar; CPU: the whole machine busy, anyone's work; lag x floor: p95 over one job's "
           f"floor as in latency.py, {lag_floor:.3f} ms; notify floor p95 {notify_p95:.3f} ms)")
+    print("drain, CPU ms per job: " + ";  ".join(
+        f"{n} sidecar(s) " + ", ".join(f"{who} {ms:.3f}" for who, ms in r["drain_cpu_ms_per_job"].items())
+        for n, r in results.items()) + "  (rest: PostgreSQL, this process, anyone else's work)")
     print(json.dumps({
         "scenario": "scale", "jobs": args.jobs, "callers_per_sidecar": args.callers, "duration_s": args.duration,
         "runs": args.runs, "cpus": os.cpu_count(),
