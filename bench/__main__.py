@@ -6,9 +6,9 @@ import argparse
 import signal
 import sys
 
-from bench import idle, latency, throughput
+from bench import growth, idle, latency, scale, throughput
 
-SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle}
+SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle, "scale": scale, "growth": growth}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
-"""A worker process for the benchmarks: serves the no-op function `bench:noop`, and
-`bench:hold` (which never returns), through a sidecar. `python -m bench.worker --address A --namespace N --concurrency C` prints `ready`
+"""A worker process for the benchmarks: serves the no-op function `bench:noop`, `bench:stamp`
+(which returns the wall clock at its start, time.time()), and `bench:hold` (which never
+returns), through a sidecar. `python -m bench.worker --address A --namespace N --concurrency C` prints `ready`
 once its stream is registered, then serves until its standard input closes."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 from perdure import Perdure
 
@@ -17,6 +19,10 @@ async def serve(address: str, namespace: str, concurrency: int) -> None:
     @perdure.durable("bench:noop")
     async def noop(*args: object) -> None:
         return None
+
+    @perdure.durable("bench:stamp")
+    async def stamp(*args: object) -> float:
+        return time.time()  # the caller's clock on the same machine: it reads its scheduling lag
 
     @perdure.durable("bench:hold", timeout=3600)
     async def hold(*args: object) -> None:

@@ -1,0 +1,58 @@
+"""The benchmark scenarios still run: each, at a tiny size, prints its JSON line (figures are
+never checked, only that they are there)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str) -> dict[str, object]:
+    """Run `python -m bench ARGS`; its last line of output, read as JSON."""
+    done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def as_url(conninfo: str) -> str:
+    """The test database as a URL, the form --database-url takes (the peer's driver reads no other)."""
+    params = conninfo_to_dict(conninfo)
+    return f"postgresql://{params['user']}@/{params['dbname']}?host={params['host']}"
+
+
+@pytest.mark.timeout(300)
+def test_scale__reports_each_number_of_sidecars(database_url) -> None:
+    figures = bench("scale", "--sidecars", "1,2", "--jobs", "200", "--callers", "2", "--duration", "0.5",
+                    "--runs", "1", "--database-url", as_url(database_url))
+    assert figures["scenario"] == "scale"
+    assert set(figures["sidecars"]) == {"1", "2"}  # type: ignore[arg-type]
+    for one in figures["sidecars"].values():  # type: ignore[attr-defined]
+        assert one["drain_per_s"] > 0 and one["mixed_per_s"] > 0 and one["lag_ms"]["p95"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_growth__fills_a_history_of_finished_jobs_and_reports_each_size(database_url) -> None:
+    figures = bench("growth", "--sizes", "0,1000", "--jobs", "5", "--runs", "1", "--database-url", as_url(database_url))
+    assert figures["scenario"] == "growth"
+    assert [size["history"] for size in figures["sizes"]] == [0, 1000]  # type: ignore[attr-defined]
+    with psycopg.connect(database_url) as conn:
+        # The history as perdured would have left it: finished jobs with one attempts row per
+        # attempt, the last one's outcome matching the job's; none deleted by the sidecars.
+        history = conn.execute("SELECT state, count(*) FROM perdure.jobs WHERE payload <> '{\"args\":[]}' "
+                               "GROUP BY state ORDER BY state").fetchall()
+        assert history == [("dead", 100), ("success", 900)]
+        mismatched = conn.execute("""
+            SELECT count(*) FROM perdure.jobs j
+            WHERE (SELECT count(*) FROM perdure.attempts a WHERE a.job_id = j.id) <> j.attempt
+               OR (SELECT outcome FROM perdure.attempts a WHERE a.job_id = j.id AND a.number = j.attempt)
+                  <> CASE j.state WHEN 'success' THEN 'succeeded' ELSE 'failed' END""").fetchone()
+        assert mismatched == (0,)
