@@ -89,12 +89,17 @@ class Worker:
 
     async def _session(self) -> None:
         call = self._stub.Work(wait_for_ready=True)
-        writer = asyncio.create_task(self._write(call))
+        writer: asyncio.Task[None] | None = None
         try:
+            # What handlers abandoned with the previous stream sent afterwards means nothing to
+            # this one. The Register goes first, and alone: gRPC allows one write at a time, and
+            # a write beside it fails the call here while the sidecar keeps it registered.
+            self._drop_outbox()
             await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
                 namespace=self._namespace, names=sorted(self._handlers), concurrency=self._concurrency,
                 worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK, limits=self._limits,
             )))
+            writer = asyncio.create_task(self._write(call))
             while True:
                 read = await call.read()
                 if read is grpc.aio.EOF:
@@ -122,7 +127,8 @@ class Worker:
                     if future is not None and not future.done():
                         future.set_result(message.ack)
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             call.cancel()
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -265,6 +271,9 @@ class Worker:
             for future in futures.values():
                 future.cancel()
             futures.clear()
+        self._drop_outbox()
+
+    def _drop_outbox(self) -> None:
         while not self._outbox.empty():
             self._outbox.get_nowait()
 
