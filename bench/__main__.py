@@ -6,9 +6,9 @@ import argparse
 import signal
 import sys
 
-from bench import idle, latency, throughput
+from bench import chaos, idle, latency, throughput
 
-SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle}
+SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle, "chaos": chaos}
 
 
 def main(argv: list[str] | None = None) -> None:
