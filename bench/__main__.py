@@ -6,9 +6,10 @@ import argparse
 import signal
 import sys
 
-from bench import growth, idle, latency, scale, throughput
+from bench import chaos, growth, idle, latency, scale, throughput
 
-SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle, "scale": scale, "growth": growth}
+SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle, "scale": scale, "growth": growth,
+             "chaos": chaos}
 
 
 def main(argv: list[str] | None = None) -> None:

