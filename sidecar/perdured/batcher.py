@@ -27,16 +27,26 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        if not self._queue and self._running < self._max_concurrent:
+        return (await self.submit_many([item]))[0]
+
+    async def submit_many(self, items: list[T]) -> list[R]:
+        """Submit items that arrived together: they share a flush (max_batch permitting)."""
+        loop = asyncio.get_running_loop()
+        batch = [(item, loop.create_future()) for item in items]
+        if not self._queue and self._running < self._max_concurrent and len(batch) <= self._max_batch:
             # Nobody to wait for: flush in the caller's own task, saving two trips through
             # the event loop. Items that arrive meanwhile go to the next flush.
             self._running += 1
-            await self._run([(item, future)])
-            return future.result()
-        self._queue.append((item, future))
-        self._start_flushes()
-        return await future
+            await self._run(batch)
+        else:
+            self._queue.extend(batch)
+            self._start_flushes()
+            await asyncio.wait([future for _, future in batch])
+        failures = [future.exception() for _, future in batch]  # (retrieved, every one)
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return [future.result() for _, future in batch]
 
     def _start_flushes(self) -> None:
         while self._queue and self._running < self._max_concurrent:

@@ -187,10 +187,9 @@ class Dispatcher:
         try:
             async for message in requests:
                 if message.HasField("outcome"):
-                    self._spawn(self._on_outcome(session, message.outcome))
+                    self._spawn(self._on_outcomes(session, [message.outcome]))
                 elif message.HasField("outcomes"):
-                    for outcome in message.outcomes.items:
-                        self._spawn(self._on_outcome(session, outcome))
+                    self._spawn(self._on_outcomes(session, list(message.outcomes.items)))
                 elif message.HasField("record_step"):
                     self._spawn(self._on_step(session, message.record_step))
                 elif message.HasField("heartbeat"):
@@ -297,14 +296,38 @@ class Dispatcher:
 
     # -- how attempts end -----------------------------------------------------------------
 
-    async def _on_outcome(self, session: WorkerSession, outcome: workers_pb2.Outcome) -> None:
+    async def _on_outcomes(self, session: WorkerSession, outcomes: list[workers_pb2.Outcome]) -> None:
+        """Record the outcomes that came in one message in one flush, and acknowledge each
+        once it is committed."""
+        taken = []
+        for outcome in outcomes:
+            assignment = await self._take(session, outcome)
+            if assignment is not None:
+                taken.append((outcome, assignment, self._outcome_record(assignment, outcome)))
+        if not taken:
+            return
+        try:
+            states = await self._finisher.submit_many([record for _, _, record in taken])
+        except Exception as exc:
+            # Not committed, so not acknowledged. The slots are freed and the leases no longer
+            # renewed: when they expire, any sidecar's reaper puts the jobs back.
+            for outcome, assignment, _ in taken:
+                log.error("job.outcome_not_recorded", job_id=outcome.job_id, attempt=outcome.attempt, error=str(exc))
+                assignment.ended = True
+                self._release_slot(assignment)
+            return
+        await asyncio.gather(*(self._recorded(session, outcome, assignment, record, state)
+                               for (outcome, assignment, record), state in zip(taken, states, strict=True)))
+
+    async def _take(self, session: WorkerSession, outcome: workers_pb2.Outcome) -> Assignment | None:
+        """The attempt this outcome ends, now finishing; None when there is nothing to record
+        (it is answered here)."""
         try:
             job_id = uuid.UUID(outcome.job_id)
         except ValueError:
             log.warning("worker.bad_outcome", worker_id=session.id, job_id=outcome.job_id)
-            return
-        key = (job_id, outcome.attempt)
-        assignment = session.assignments.get(key)
+            return None
+        assignment = session.assignments.get((job_id, outcome.attempt))
         if assignment is None or assignment.ended or assignment.finishing:
             # Too late (the sidecar already ended this attempt) or unknown: nothing to record.
             end_state = None
@@ -315,37 +338,32 @@ class Dispatcher:
                 end_state = assignment.end_state
             # The state tells the worker what became of the job (e.g. dead after a timeout).
             session.send(_ack(outcome, recorded=False, state=end_state))
-            return
+            return None
         assignment.finishing = True
         if assignment.timer:
             assignment.timer.cancel()
-        record = self._outcome_record(assignment, outcome)
-        try:
-            state = await self._finisher.submit(record)
-        except Exception as exc:
-            # Not committed, so not acknowledged. The slot is freed and the lease no longer
-            # renewed: when it expires, any sidecar's reaper puts the job back.
-            log.error("job.outcome_not_recorded", job_id=str(job_id), attempt=outcome.attempt, error=str(exc))
-            assignment.ended = True
-            self._release_slot(assignment)
-            return
+        return assignment
+
+    async def _recorded(self, session: WorkerSession, outcome: workers_pb2.Outcome, assignment: Assignment,
+                        record: Outcome, state: str | None) -> None:
+        """An outcome is committed: free its slot and acknowledge it."""
         if state == "suspended" and record.waiting_for:
             # The event (or the awaited child's end) may have come while the job was suspending:
             # if so, it runs again now.
             try:
                 if record.waiting_for.startswith(CHILD_PREFIX):
                     child_id = uuid.UUID(record.waiting_for[len(CHILD_PREFIX):])
-                    await self.store.wake_if_child_done(session.namespace, job_id, child_id)
+                    await self.store.wake_if_child_done(session.namespace, record.job_id, child_id)
                 else:
-                    await self.store.wake_if_emitted(session.namespace, record.waiting_for, job_id)
+                    await self.store.wake_if_emitted(session.namespace, record.waiting_for, record.job_id)
             except Exception as exc:  # it still wakes on the next emit, or at its timeout
-                log.error("event.recheck_failed", job_id=str(job_id), event_name=record.waiting_for, error=str(exc))
+                log.error("event.recheck_failed", job_id=outcome.job_id, event_name=record.waiting_for, error=str(exc))
         self._release_slot(assignment)
         session.send(_ack(outcome, recorded=state is not None, state=state))
         self.store.metrics.attempt_duration.labels(assignment.namespace, assignment.name, record.attempt_outcome).observe(
             time.monotonic() - assignment.assigned_at)
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
-        log.debug(event, job_id=str(job_id), attempt=outcome.attempt, state=state)
+        log.debug(event, job_id=outcome.job_id, attempt=outcome.attempt, state=state)
 
     async def _on_step(self, session: WorkerSession, step: workers_pb2.RecordStep) -> None:
         """Commit a step's outcome, then acknowledge it: the handler waits for that."""

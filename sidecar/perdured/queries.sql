@@ -261,22 +261,25 @@ WITH outcome AS (
                          %(retry_delay)b::interval[], %(attempt_outcome)b::text[], %(waiting_for)b::text[])
         AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome,
              waiting_for)
-), locked AS (
-    -- In id order, as renew_leases locks them (see there).
-    SELECT j.id FROM perdure.jobs j JOIN outcome o ON j.id = o.id
-    WHERE j.attempt = o.attempt AND j.state = 'running'
-    ORDER BY j.id
-    FOR UPDATE OF j
+), locked AS MATERIALIZED (
+    -- Each outcome's job, locked through its primary key, in id order: renew_leases takes
+    -- rows in the same order (two statements locking the same rows in different orders can
+    -- deadlock). Materialized, so that the test below is not pushed into the lookups, where
+    -- the planner could answer it from a partial index with one scan per outcome.
+    SELECT o.*, j.state, j.attempt AS job_attempt, j.uncounted_attempts, j.max_attempts
+    FROM (SELECT * FROM outcome ORDER BY id) AS o
+    CROSS JOIN LATERAL (SELECT * FROM perdure.jobs WHERE id = o.id FOR UPDATE) AS j
 ), decided AS (
-    SELECT o.*, CASE
-        WHEN o.kind = 'success' THEN 'success'
-        WHEN o.kind = 'released' THEN 'pending'
-        WHEN o.kind = 'suspended' THEN 'suspended'
-        WHEN o.non_retryable OR j.attempt - j.uncounted_attempts >= j.max_attempts THEN 'dead'
+    -- Only attempts still running count; under the lock, that holds until the commit.
+    SELECT l.*, CASE
+        WHEN l.kind = 'success' THEN 'success'
+        WHEN l.kind = 'released' THEN 'pending'
+        WHEN l.kind = 'suspended' THEN 'suspended'
+        WHEN l.non_retryable OR l.attempt - l.uncounted_attempts >= l.max_attempts THEN 'dead'
         ELSE 'pending' END AS next_state
-    FROM outcome o JOIN locked USING (id) JOIN perdure.jobs j ON j.id = o.id AND j.attempt = o.attempt AND j.state = 'running'
+    FROM locked l
+    WHERE l.state = 'running' AND l.job_attempt = l.attempt
 ), finished AS (
-    -- The row is checked again under its lock: only a still-running attempt changes.
     UPDATE perdure.jobs AS j
     SET state = d.next_state,
         uncounted_attempts = j.uncounted_attempts + (d.kind IN ('released', 'suspended'))::int,
@@ -288,7 +291,7 @@ WITH outcome AS (
         waiting_for = d.waiting_for,
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM decided d
-    WHERE j.id = d.id AND j.attempt = d.attempt AND j.state = 'running'
+    WHERE j.id = d.id
     RETURNING {finished_job_columns}
 ), history AS (
     UPDATE perdure.attempts AS h
