@@ -282,9 +282,16 @@ SELECT * FROM finished
 
 -- renew_leases --
 -- Extend the leases of all jobs this sidecar runs, in one statement; returns those still ours.
-UPDATE perdure.jobs SET lease_expires_at = now() + %(lease)s
-WHERE id = ANY(%(ids)s) AND state = 'running' AND sidecar_id = %(sidecar_id)s
-RETURNING id
+-- A row another transaction has locked is not waited for (that would hold up every other
+-- lease): it stays ours, and its lease is extended next time.
+WITH free AS (
+    SELECT id FROM perdure.jobs
+    WHERE id = ANY(%(ids)s) AND state = 'running' AND sidecar_id = %(sidecar_id)s
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE perdure.jobs AS j SET lease_expires_at = now() + %(lease)s FROM free WHERE j.id = free.id
+)
+SELECT id FROM perdure.jobs WHERE id = ANY(%(ids)s) AND state = 'running' AND sidecar_id = %(sidecar_id)s
 
 -- reclaim_expired --
 -- Put back running jobs whose sidecar stopped renewing their lease (it died).
