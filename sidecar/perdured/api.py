@@ -42,8 +42,8 @@ def _described(where: validation.JobFilter) -> dict[str, Any]:
 
 def _errors_as_status(method: Handler) -> Handler:
     """Bad input becomes INVALID_ARGUMENT with the message naming the field; a namespace the
-    caller's token may not use, PERMISSION_DENIED; a database that cannot be reached,
-    UNAVAILABLE (clients retry); a value the database refuses, INVALID_ARGUMENT; any other
+    caller's token may not use, PERMISSION_DENIED; a database that cannot be reached, or a row
+    another transaction keeps locked (store.LOCK_WAIT), UNAVAILABLE (clients retry); a value the database refuses, INVALID_ARGUMENT; any other
     database error, INTERNAL."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -54,6 +54,10 @@ def _errors_as_status(method: Handler) -> Handler:
         except PermissionDenied as exc:
             log.warning("auth.denied", rpc=method.__name__, error=str(exc))
             await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except psycopg.errors.LockNotAvailable as exc:
+            log.warning("database.locked", rpc=method.__name__, error=one_line(str(exc)))
+            await abort(context, grpc.StatusCode.UNAVAILABLE,
+                        "a row this call needs is locked by another transaction; try again")
         except psycopg.OperationalError as exc:
             log.error("database.unavailable", rpc=method.__name__, error=str(exc))
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again")

@@ -79,9 +79,14 @@ def error(value: dict[str, Any] | None) -> types_pb2.JobError | None:
     )
 
 
+def storable(text: str) -> str:
+    """Text as PostgreSQL can store it (in text and jsonb): without NUL characters."""
+    return text.replace("\x00", "\ufffd")
+
+
 def error_dict(value: types_pb2.JobError) -> dict[str, Any]:
-    return {"type": value.type, "message": value.message, "traceback": value.traceback,
-            "non_retryable": value.non_retryable}
+    return {"type": storable(value.type), "message": storable(value.message),
+            "traceback": storable(value.traceback), "non_retryable": value.non_retryable}
 
 
 def attempt(row: dict[str, Any]) -> types_pb2.Attempt:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import socket
 import time
@@ -195,9 +196,9 @@ class Dispatcher:
                 elif message.HasField("heartbeat"):
                     self._spawn(self._on_heartbeat(session, message.heartbeat))
                 elif message.HasField("progress"):
-                    self._on_progress(message.progress)
+                    self._on_progress(session, message.progress)
                 elif message.HasField("log"):
-                    self._on_log(message.log)
+                    self._on_log(session, message.log)
                 elif message.HasField("drain"):
                     session.draining = True
                     log.info("worker.draining", worker_id=session.id, holding=len(session.assignments))
@@ -365,9 +366,22 @@ class Dispatcher:
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
         log.debug(event, job_id=outcome.job_id, attempt=outcome.attempt, state=state)
 
+    def _held(self, session: WorkerSession, kind: str, job_id: str, attempt: int) -> Assignment | None:
+        """The attempt a message is about, if this worker holds it. Anything else (someone
+        else's job, a made-up one) is ignored with a warning: it must change nothing."""
+        with contextlib.suppress(ValueError):
+            if (assignment := session.assignments.get((uuid.UUID(job_id), attempt))) is not None:
+                return assignment
+        log.warning("worker.unheld_job", worker_id=session.id, message=kind, job_id=job_id[:64], attempt=attempt)
+        return None
+
     async def _on_step(self, session: WorkerSession, step: workers_pb2.RecordStep) -> None:
         """Commit a step's outcome, then acknowledge it: the handler waits for that."""
         try:
+            if self._held(session, "record_step", step.job_id, step.attempt) is None:
+                raise ValueError("not an attempt this worker holds")
+            if "\x00" in step.name:  # PostgreSQL cannot store it; refused here, not in the batch
+                raise validation.InvalidArgument("record_step.name", "must not contain NUL characters")
             job_id = uuid.UUID(step.job_id)
             if step.HasField("result"):
                 data, encoding = validation.payload(step.result, self.max_payload_bytes, "record_step.result")
@@ -376,7 +390,7 @@ class Dispatcher:
                 record = StepRecord(job_id, step.attempt, step.name, "failed", error=convert.error_dict(step.error))
             recorded = await self._steps.submit(record)
         except (ValueError, validation.InvalidArgument) as exc:
-            log.warning("step.refused", job_id=step.job_id, step=step.name, error=str(exc))
+            log.warning("step.refused", job_id=step.job_id[:64], step=step.name[:64], error=str(exc)[:200])
             recorded = False
         except psycopg.Error as exc:
             # Not committed: the handler must not go on as if it were, nor wait for ever.
@@ -387,23 +401,27 @@ class Dispatcher:
 
     async def _on_heartbeat(self, session: WorkerSession, beat: workers_pb2.Heartbeat) -> None:
         """Extend one attempt's lease at once (the periodic renewal covers the rest)."""
-        with contextlib.suppress(ValueError):
-            assignment = session.assignments.get((uuid.UUID(beat.job_id), beat.attempt))
-            if assignment is not None and not assignment.ended:
-                await self.store.renew_leases([assignment.job_id], self.lease, self.sidecar_id)
+        assignment = self._held(session, "heartbeat", beat.job_id, beat.attempt)
+        if assignment is not None and not assignment.ended:
+            await self.store.renew_leases([assignment.job_id], self.lease, self.sidecar_id)
 
-    def _on_progress(self, report: workers_pb2.ReportProgress) -> None:
+    def _on_progress(self, session: WorkerSession, report: workers_pb2.ReportProgress) -> None:
         # Progress and logs are for people: written in the background, in batches, unacknowledged.
-        with contextlib.suppress(ValueError):
-            value = {"current": report.progress.current, "total": report.progress.total,
-                     "message": report.progress.message[:MAX_NOTE]}
-            self._spawn(self._progress.submit((uuid.UUID(report.job_id), report.attempt, value)))
+        if self._held(session, "progress", report.job_id, report.attempt) is None:
+            return
+        current, total = report.progress.current, report.progress.total
+        if not (math.isfinite(current) and math.isfinite(total)):  # JSON has no NaN nor infinity
+            log.warning("worker.bad_progress", worker_id=session.id, job_id=report.job_id, current=current, total=total)
+            return
+        value = {"current": current, "total": total, "message": convert.storable(report.progress.message[:MAX_NOTE])}
+        self._spawn(self._progress.submit((uuid.UUID(report.job_id), report.attempt, value)))
 
-    def _on_log(self, report: workers_pb2.ReportLog) -> None:
-        with contextlib.suppress(ValueError):
-            level = convert.LOG_LEVELS.get(report.record.level, "info")
-            record = (uuid.UUID(report.job_id), report.record.attempt, level, report.record.message[:MAX_NOTE])
-            self._spawn(self._logs.submit(record))
+    def _on_log(self, session: WorkerSession, report: workers_pb2.ReportLog) -> None:
+        if self._held(session, "log", report.job_id, report.record.attempt) is None:
+            return
+        level = convert.LOG_LEVELS.get(report.record.level, "info")
+        message = convert.storable(report.record.message[:MAX_NOTE])
+        self._spawn(self._logs.submit((uuid.UUID(report.job_id), report.record.attempt, level, message)))
 
     async def _record_steps(self, records: list[StepRecord]) -> list[bool]:
         # One statement may not write a row twice: only the first report of a step counts.
@@ -433,9 +451,17 @@ class Dispatcher:
         if kind == "failure":
             return self._failure(assignment, "failed", convert.error_dict(outcome.failure))
         if kind == "suspend":
-            # Until the time given; waiting for an event without one, until the event comes.
-            until = outcome.suspend.until.ToNanoseconds() / 1e9 if outcome.suspend.HasField("until") else FOREVER
-            wait = max(until - time.time(), 0.0)
+            if outcome.suspend.event:
+                try:  # a name no event can have would never end the wait
+                    validation.function_name(outcome.suspend.event, "suspend.event")
+                except validation.InvalidArgument as exc:
+                    return self._failure(assignment, "failed",
+                                         _error("perdure.InvalidOutcome", str(exc)) | {"non_retryable": True})
+            # Until the time given; waiting for an event without one, until the event comes. The
+            # time is read as it is (ToNanoseconds refuses one out of range), and bounded.
+            given = outcome.suspend.until
+            until = given.seconds + given.nanos / 1e9 if outcome.suspend.HasField("until") else FOREVER
+            wait = min(max(until - time.time(), 0.0), FOREVER - time.time())
             return Outcome(assignment.job_id, assignment.attempt, "suspended", "suspended", retry_delay=round(wait, 3),
                            waiting_for=outcome.suspend.event or None)
         # A worker that stops a handler on its own is shutting down and hands the job back:

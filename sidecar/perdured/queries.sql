@@ -303,17 +303,16 @@ SELECT * FROM finished
 
 -- renew_leases --
 -- Extend the leases of all jobs this sidecar runs, in one statement; returns those still ours.
--- Rows are locked in id order, as finish locks them: two statements that take the same rows
--- in different orders can deadlock.
-WITH ours AS (
+-- A row another transaction has locked is not waited for (that would hold up every other
+-- lease): it stays ours, and its lease is extended next time.
+WITH free AS (
     SELECT id FROM perdure.jobs
     WHERE id = ANY(%(ids)b::uuid[]) AND state = 'running' AND sidecar_id = %(sidecar_id)s
-    ORDER BY id
-    FOR UPDATE
+    FOR UPDATE SKIP LOCKED
+), renewed AS (
+    UPDATE perdure.jobs AS j SET lease_expires_at = now() + %(lease)s FROM free WHERE j.id = free.id
 )
-UPDATE perdure.jobs AS j SET lease_expires_at = now() + %(lease)s
-FROM ours WHERE j.id = ours.id
-RETURNING j.id
+SELECT id FROM perdure.jobs WHERE id = ANY(%(ids)b::uuid[]) AND state = 'running' AND sidecar_id = %(sidecar_id)s
 
 -- reclaim_expired --
 -- Put back running jobs whose sidecar stopped renewing their lease (it died).

@@ -19,6 +19,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from perdured.batcher import Batcher
 from perdured.dispatch import Dispatcher, Group, WorkerSession
 from perdured.events import JobEvent
@@ -31,6 +33,7 @@ RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "res
 # Events after which a job no longer holds a slot under its function's concurrency limits (it ended).
 FREES_SLOT = frozenset({"succeeded", "dead", "cancelled"})
 ANNOUNCED_LIMIT = 10_000
+LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried again
 
 
 class Scheduler:
@@ -206,7 +209,15 @@ class Scheduler:
             plain = sorted(names.difference(limited))
             full = False  # a claim took all the slots it had: more jobs may be waiting
             for names_claimed, limited_name in ([(plain, None)] if plain else []) + [([n], n) for n in limited]:
-                rows, slots = await self._claim(group, names_claimed, limited_name)
+                try:
+                    rows, slots = await self._claim(group, names_claimed, limited_name)
+                except psycopg.errors.LockNotAvailable:
+                    # Another transaction holds this function's claim lock: claim the others now,
+                    # this one again shortly.
+                    log.warning("scheduler.claim_locked", namespace=namespace, functions=names_claimed)
+                    self._wake_in(LOCKED_RETRY)
+                    full = True
+                    continue
                 claimed += rows
                 full |= rows > 0 and rows == slots
             if full:

@@ -47,6 +47,7 @@ from perdured.tls import RELOAD_CHECK, ServerTLS, certificate_names
 if TYPE_CHECKING:
     from perdured.dashboard import Dashboard
 
+MAX_PENDING_CALLS = 20_000
 SERVICE_NAMES = (
     jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name,
     workers_pb2.DESCRIPTOR.services_by_name["Workers"].full_name,
@@ -155,6 +156,12 @@ class Sidecar:
             # gRPC shares a port between servers by default: a second sidecar on the same address
             # would silently take half of the connections, with its own database behind it.
             ("grpc.so_reuseport", 0),
+            # Calls gRPC has received but the event loop has not picked up yet: past these
+            # limits (1000, then 3000 by default) gRPC ends them as CANCELLED, with no reason
+            # given, during a burst the sidecar would serve a moment later. They wait instead,
+            # each within its caller's deadline.
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ], interceptors=[Authenticator(self.tokens)] if self.tokens else None)
         jobs_pb2_grpc.add_JobsServicer_to_server(
             JobsService(store, events, scheduler, max_payload_bytes=settings.max_payload_bytes), server)

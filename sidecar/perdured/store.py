@@ -99,7 +99,15 @@ def _filter_values(where: JobFilter) -> dict[str, Any]:
 
 QUERIES = load_queries()
 POOL_WAIT = 5.0  # seconds a statement waits for a pooled connection
+LOCK_WAIT = 2.0  # seconds a statement waits for a lock another transaction holds
 CONNECT_TIMEOUT = 5  # seconds to open a new connection
+
+
+async def _wait_for_locks_briefly(conn: psycopg.AsyncConnection[Any]) -> None:
+    """A row or advisory lock held by a slow transaction (another client's, an operator's)
+    fails the statement after LOCK_WAIT (psycopg.errors.LockNotAvailable) instead of holding
+    a pooled connection, and its caller, for as long as the lock is held."""
+    await conn.execute(f"SET lock_timeout = '{round(LOCK_WAIT * 1000)}ms'")
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ class Store:
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
             # While the database is down, a request waits this long for a connection, then fails
             # (UNAVAILABLE to its caller) instead of hanging past the caller's deadline.
-            timeout=POOL_WAIT,
+            timeout=POOL_WAIT, configure=_wait_for_locks_briefly,
         )
         await pool.open(wait=True, timeout=30)
         return cls(pool, metrics)

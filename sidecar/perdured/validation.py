@@ -251,6 +251,8 @@ class Registration:
 
 def registration(register: workers_pb2.Register, max_concurrency: int = MAX_CONCURRENCY) -> Registration:
     ns = namespace(register.namespace, "register.namespace")
+    text(register.worker_name, "register.worker_name")
+    text(register.sdk, "register.sdk")
     if not register.names:
         raise InvalidArgument("register.names", "must name at least one function")
     names = frozenset(function_name(n, "register.names") for n in register.names)

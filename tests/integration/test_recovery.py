@@ -11,7 +11,7 @@ import pytest
 from perdure import JobDeadError
 from perdured.metrics import Metrics
 from perdured.migrate import SchemaTooNew, load_migrations, migrate
-from perdured.store import Store
+from perdured.store import Outcome, Store
 
 from ..conftest import start_sidecar
 
@@ -234,20 +234,23 @@ async def test_migrate__refuses_a_migration_changed_after_it_was_applied(databas
 
 async def test_store__a_statement_aborted_to_break_a_deadlock_is_run_again(database_url, db) -> None:
     first, second = sorted(fabricate_running(db, "x", attempt=1, max_attempts=3, expired=False) for _ in range(2))
+    outcomes = [Outcome(uuid.UUID(job_id), 1, "success", "succeeded", result=b"1", result_encoding="json")
+                for job_id in (second, first)]
     store = await Store.open(database_url, 2, metrics=Metrics(served=True))
     try:
         async with await psycopg.AsyncConnection.connect(database_url) as other:
-            # The other client holds `second`; the renewal takes `first` (rows go in id order) and
+            # The other client holds `second`; the finish takes `first` (rows go in id order) and
             # waits for `second`; then the other client asks for `first`: a deadlock. The other
-            # client waits longer before checking for one, so PostgreSQL aborts the renewal.
+            # client waits longer before checking for one, so PostgreSQL aborts the finish.
             await other.execute("SET deadlock_timeout = '30s'")
             await other.execute("SELECT 1 FROM perdure.jobs WHERE id = %s FOR UPDATE", (second,))
-            renewal = asyncio.create_task(store.renew_leases([uuid.UUID(first), uuid.UUID(second)], 60.0, "gone"))
+            finish = asyncio.create_task(store.finish(outcomes))
             while not db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()[0]:
                 await asyncio.sleep(0.01)
             await other.execute("SELECT 1 FROM perdure.jobs WHERE id = %s FOR UPDATE", (first,))
             await other.commit()
-        assert await renewal == {uuid.UUID(first), uuid.UUID(second)}
+        finished = await finish
+        assert {row["state"] for row in finished.values()} == {"success"} and len(finished) == 2
         assert store.metrics.registry.get_sample_value("perdure_database_errors_total") == 1  # it happened, once
     finally:
         await store.close()
