@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]], *,
+    def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R | Exception]]], *,
                  max_batch: int = 500, max_concurrent: int = 2) -> None:
         self._flush = flush
         self._max_batch = max_batch
@@ -27,10 +27,14 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
-        return (await self.submit_many([item]))[0]
+        (result,) = await self.submit_many([item])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-    async def submit_many(self, items: list[T]) -> list[R]:
-        """Submit items that arrived together: they share a flush (max_batch permitting)."""
+    async def submit_many(self, items: list[T]) -> list[R | Exception]:
+        """Submit items that arrived together: they share a flush (max_batch permitting).
+        Returns each item's result, or the exception that failed it."""
         loop = asyncio.get_running_loop()
         batch = [(item, loop.create_future()) for item in items]
         if not self._queue and self._running < self._max_concurrent and len(batch) <= self._max_batch:
@@ -42,11 +46,7 @@ class Batcher(Generic[T, R]):
             self._queue.extend(batch)
             self._start_flushes()
             await asyncio.wait([future for _, future in batch])
-        failures = [future.exception() for _, future in batch]  # (retrieved, every one)
-        for failure in failures:
-            if failure is not None:
-                raise failure
-        return [future.result() for _, future in batch]
+        return [cast(Exception, future.exception()) or future.result() for _, future in batch]
 
     def _start_flushes(self) -> None:
         while self._queue and self._running < self._max_concurrent:
@@ -60,7 +60,11 @@ class Batcher(Generic[T, R]):
         try:
             results = await self._flush([item for item, _ in batch])
             for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(result, Exception):  # the flush failed this item alone
+                    future.set_exception(result)
+                else:
                     future.set_result(result)
         except BaseException as exc:  # every waiter must hear about it
             for _, future in batch:

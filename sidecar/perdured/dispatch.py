@@ -307,18 +307,18 @@ class Dispatcher:
                 taken.append((outcome, assignment, self._outcome_record(assignment, outcome)))
         if not taken:
             return
-        try:
-            states = await self._finisher.submit_many([record for _, _, record in taken])
-        except Exception as exc:
-            # Not committed, so not acknowledged. The slots are freed and the leases no longer
-            # renewed: when they expire, any sidecar's reaper puts the jobs back.
-            for outcome, assignment, _ in taken:
-                log.error("job.outcome_not_recorded", job_id=outcome.job_id, attempt=outcome.attempt, error=str(exc))
+        states = await self._finisher.submit_many([record for _, _, record in taken])
+        recorded = []
+        for (outcome, assignment, record), state in zip(taken, states, strict=True):
+            if isinstance(state, Exception):
+                # Not committed, so not acknowledged. The slot is freed and the lease no longer
+                # renewed: when it expires, any sidecar's reaper puts the job back.
+                log.error("job.outcome_not_recorded", job_id=outcome.job_id, attempt=outcome.attempt, error=str(state))
                 assignment.ended = True
                 self._release_slot(assignment)
-            return
-        await asyncio.gather(*(self._recorded(session, outcome, assignment, record, state)
-                               for (outcome, assignment, record), state in zip(taken, states, strict=True)))
+            else:
+                recorded.append(self._recorded(session, outcome, assignment, record, state))
+        await asyncio.gather(*recorded)
 
     async def _take(self, session: WorkerSession, outcome: workers_pb2.Outcome) -> Assignment | None:
         """The attempt this outcome ends, now finishing; None when there is nothing to record
@@ -515,8 +515,20 @@ class Dispatcher:
         assignment.end_state = state
         log.info(f"job.{attempt_outcome}", job_id=str(assignment.job_id), attempt=assignment.attempt, state=state)
 
-    async def _finish_batch(self, records: list[Outcome]) -> list[str | None]:
-        rows = await self.store.finish(records)
+    async def _finish_batch(self, records: list[Outcome]) -> list[str | None | Exception]:
+        try:
+            rows = await self.store.finish(records)
+        except psycopg.errors.LockNotAvailable:
+            if len(records) == 1:
+                raise
+            # Another client holds one of these jobs: it must not hold up the others.
+            results: list[str | None | Exception] = []
+            for record in records:
+                try:
+                    results.extend(await self._finish_batch([record]))
+                except psycopg.Error as exc:
+                    results.append(exc)
+            return results
         for row in rows.values():
             if row["state"] in TERMINAL_STATES:
                 self.on_finished(row)

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from perdure import Perdure
-from perdure.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, schedules_pb2_grpc, types_pb2
+from perdure.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, schedules_pb2_grpc, types_pb2, workers_pb2
 from perdured.config import Settings
 
 from ..integration.test_grpc_contract import RawWorker
@@ -134,3 +134,30 @@ async def test_locked_running_job__does_not_cost_the_others_their_leases(perdure
             ack = await worker.answer(job_id, attempts[job_id], success=types_pb2.Payload(data=b"1", encoding="json"))
             assert ack.recorded and ack.state == types_pb2.JOB_STATE_SUCCESS
         worker.call.cancel()
+
+
+async def test_locked_job_among_outcomes_sent_together__the_others_are_still_recorded(channel, database_url) -> None:
+    """Outcomes that come in one message are recorded in one statement; one job whose row is
+    locked elsewhere must not cost the others their acknowledgement."""
+    channel, _ = channel
+    jobs = jobs_pb2_grpc.JobsStub(channel)
+    ids = [r.job.id for r in (await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(
+        jobs=[jobs_pb2.EnqueueRequest(name="together") for _ in range(3)]))).results]
+    worker = RawWorker(channel)
+    await worker.register("together", concurrency=3, batches=True)
+    assignments = list((await worker.next("assignments")).items)  # type: ignore[attr-defined]
+    locked = ids[0]
+    with psycopg.connect(database_url, autocommit=True) as db, \
+            holding(database_url, "SELECT id FROM perdure.jobs WHERE id = %s FOR UPDATE", (locked,)):
+        await worker.call.write(workers_pb2.WorkerMessage(outcomes=workers_pb2.Outcomes(items=[
+            workers_pb2.Outcome(job_id=a.job_id, attempt=a.attempt, success=types_pb2.Payload(data=b"1", encoding="json"))
+            for a in assignments])))
+        acks: list[workers_pb2.OutcomeAck] = []
+        while len(acks) < 2:
+            message = await asyncio.wait_for(worker.inbox.get(), DEADLINE)
+            acks.extend([message.ack] if message.HasField("ack") else message.acks.items)
+        assert sorted(a.job_id for a in acks) == sorted(ids[1:])
+        assert all(a.recorded and a.state == types_pb2.JOB_STATE_SUCCESS for a in acks)
+        states = dict(db.execute("SELECT id::text, state FROM perdure.jobs").fetchall())
+        assert states == {ids[0]: "running", ids[1]: "success", ids[2]: "success"}
+    worker.call.cancel()
