@@ -42,6 +42,11 @@ FOREVER = time.time() + 100 * 365 * 24 * 3600.0  # "no timeout", as a time far a
 _BATCHES = {"assignment": "assignments", "ack": "acks"}  # what goes to a worker in batches
 
 
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
 def _error(kind: str, message: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "traceback": "", "non_retryable": False}
 
@@ -85,6 +90,14 @@ class WorkerSession:
     batches: bool = False  # the worker reads batches of assignments and acknowledgements
     draining: bool = False  # the worker asked for no more assignments
     reserved: int = 0  # slots promised to jobs being inserted straight onto this worker
+    # Set while the outbox has room; the worker's messages are read only then (see _read).
+    room: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
+
+    @property
+    def max_outbox(self) -> int:
+        # A worker that reads its stream never has more waiting than an assignment and an
+        # acknowledgement per slot, and a few cancellations and step acknowledgements.
+        return 2 * self.concurrency + 1000
 
     @property
     def group(self) -> Group:
@@ -96,6 +109,8 @@ class WorkerSession:
 
     def send(self, message: workers_pb2.SidecarMessage) -> None:
         self.outbox.put_nowait(message)
+        if self.outbox.qsize() >= self.max_outbox:
+            self.room.clear()
 
 
 class Dispatcher:
@@ -138,6 +153,7 @@ class Dispatcher:
             batch_of = _BATCHES if session.batches else {}
             while (message := await session.outbox.get()) is not None:
                 messages = _stream.ready(session.outbox, message)
+                session.room.set()
                 closing = None in messages
                 for ready in _stream.pack([m for m in messages if m is not None], batch_of):
                     yield ready
@@ -187,6 +203,11 @@ class Dispatcher:
     async def _read(self, session: WorkerSession, requests: AsyncIterator[workers_pb2.WorkerMessage]) -> None:
         try:
             async for message in requests:
+                if not session.room.is_set():
+                    # Answers wait in the outbox because the worker does not read them: read
+                    # nothing more until it does (its writes then wait, not our memory).
+                    log.warning("worker.not_reading", worker_id=session.id, waiting=session.outbox.qsize())
+                    await session.room.wait()
                 if message.HasField("outcome"):
                     self._spawn(self._on_outcomes(session, [message.outcome]))
                 elif message.HasField("outcomes"):

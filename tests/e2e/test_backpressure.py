@@ -133,3 +133,39 @@ async def test_enqueue_flood__every_accepted_job_is_stored_and_runs(perdured, da
             while db.execute("SELECT count(*) FROM perdure.jobs WHERE id = ANY(%s) AND state <> 'success'",
                              (ids,)).fetchone()[0]:
                 await asyncio.sleep(0.1)
+
+
+async def test_worker_that_does_not_read__is_read_no_further_and_the_sidecar_does_not_queue_without_bound(
+        perdured) -> None:
+    """Each made-up outcome is answered (not recorded). A worker that sends them without ever
+    reading the answers would have them pile up in the sidecar: the sidecar stops reading it
+    instead, so its writes wait, and the sidecar's memory does not grow."""
+    sidecar = perdured()
+    # Without window probing, the client takes in 64 kB it does not read, no more: the rest
+    # would wait in the sidecar.
+    async with grpc.aio.insecure_channel(sidecar.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        work = workers_pb2_grpc.WorkersStub(channel).Work()
+        await work.write(workers_pb2.WorkerMessage(register=workers_pb2.Register(names=["deaf"], concurrency=1)))
+        assert (await work.read()).WhichOneof("kind") == "registered"
+        before = memory(sidecar.process.pid)["VmRSS"]
+        blocked = False
+        for _ in range(200_000):  # far more answers than a reading worker could ever have waiting
+            write = work.write(workers_pb2.WorkerMessage(outcome=workers_pb2.Outcome(
+                job_id=str(uuid.uuid4()), attempt=1, success=types_pb2.Payload(data=b"1", encoding="json"))))
+            try:
+                await asyncio.wait_for(write, 10)  # a write that never completes: the sidecar stopped reading
+            except TimeoutError:
+                blocked = True
+                break
+        assert blocked, "the sidecar read every message of a worker that reads nothing"
+        assert memory(sidecar.process.pid)["VmRSS"] - before < MEMORY_BOUND
+        # The sidecar still serves others.
+        client = Perdure(address=sidecar.address)
+
+        @client.durable("still:serving")
+        async def serving() -> str:
+            return "yes"
+
+        async with client:
+            assert await (await serving()).result(timeout=60) == "yes"
+        work.cancel()
