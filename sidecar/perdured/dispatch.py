@@ -124,7 +124,10 @@ class Dispatcher:
         self.max_payload_bytes = max_payload_bytes
         self.sessions: dict[str, WorkerSession] = {}
         self._by_job: dict[uuid.UUID, Assignment] = {}
-        self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch)
+        # Outcomes in flushes of at most 128: a whole window of outcomes in one statement makes
+        # claims wait for all of it; two flushes at a time free slots sooner (bench/: a drain
+        # went from about 4,900 to 6,100 jobs/s).
+        self._finisher: Batcher[Outcome, str | None] = Batcher(self._finish_batch, max_batch=128)
         self._steps: Batcher[StepRecord, bool] = Batcher(self._record_steps)
         # One flush at a time: progress and log records land in the order they were sent.
         self._progress: Batcher[tuple[uuid.UUID, int, dict[str, Any]], None] = Batcher(
