@@ -12,6 +12,20 @@ const {
 } = require('./errors.js');
 
 const EVENTS = ['job:start', 'job:success', 'job:error', 'job:dead'];
+
+/**
+ * Adds `authorization: Bearer <token>` to every call, unary or streaming.
+ * @param {string} token
+ * @returns {grpc.Interceptor}
+ */
+function bearer(token) {
+  return (options, nextCall) => new grpc.InterceptingCall(nextCall(options), {
+    start(metadata, listener, next) {
+      metadata.set('authorization', `Bearer ${token}`);
+      next(metadata, listener);
+    },
+  });
+}
 const MAX_MESSAGE = 64 * 1024 * 1024;
 const DEFAULT_ADDRESS = '127.0.0.1:7433';
 
@@ -23,7 +37,10 @@ const DEFAULT_ADDRESS = '127.0.0.1:7433';
  * @property {number} [shutdownGrace] seconds running handlers get on stop() before they are stopped (default 10)
  * @property {number} [heartbeatInterval] seconds between heartbeats sent for every running job
  *   (default 0: none; the sidecar renews the leases of what its live streams hold by itself)
- * @property {grpc.ChannelCredentials} [credentials] default insecure (a sidecar on loopback)
+ * @property {grpc.ChannelCredentials} [credentials] default insecure (a sidecar on loopback); for TLS,
+ *   `grpc.credentials.createSsl(ca, key, cert)`
+ * @property {string} [token] sent with every call as `authorization: Bearer <token>`, for a sidecar
+ *   configured with tokens (default: $PERDURE_TOKEN)
  * @property {Pick<Console, 'warn' | 'error'>} [logger] default console
  */
 
@@ -51,7 +68,7 @@ class Perdure {
   /** @param {PerdureOptions} [options] */
   constructor({
     address, namespace = 'default', workerConcurrency = 10, shutdownGrace = 10, heartbeatInterval = 0,
-    credentials, logger,
+    credentials, token, logger,
   } = {}) {
     if (!Number.isInteger(workerConcurrency) || workerConcurrency < 1) {
       throw new RangeError(`workerConcurrency must be an integer of at least 1, got ${workerConcurrency}`);
@@ -68,6 +85,7 @@ class Perdure {
     this.shutdownGrace = shutdownGrace;
     this.heartbeatInterval = heartbeatInterval;
     /** @private */ this._credentials = credentials ?? grpc.credentials.createInsecure();
+    /** @private */ this._token = token ?? process.env.PERDURE_TOKEN ?? '';
     /** @private */ this._logger = logger ?? console;
     /** @private @type {Map<string, {handler: Function, limits: any}>} */
     this._functions = new Map();
@@ -82,12 +100,15 @@ class Perdure {
   /** Connect; a process with durable functions also starts serving them. */
   async start() {
     if (this._jobs) return;
+    const interceptors = this._token ? [bearer(this._token)] : [];
     this._jobs = new JobsClient(this.address, this._credentials, {
-      'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE,
+      'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE, interceptors,
     });
     if (this._functions.size) {
       // Only a process with handlers takes work, and only for the names it has.
-      const workers = new WorkersClient(this.address, this._credentials, { channelOverride: this._jobs.getChannel() });
+      const workers = new WorkersClient(this.address, this._credentials, {
+        channelOverride: this._jobs.getChannel(), interceptors,
+      });
       /** @type {Map<string, Function>} */
       const handlers = new Map([...this._functions].map(([name, fn]) => [name, fn.handler]));
       const limits = [...this._functions].map(([, fn]) => fn.limits).filter(Boolean);

@@ -11,6 +11,9 @@ const { JobContext, storage, errorType } = require('./context.js');
 const { NonRetryableError, AttemptCancelledError } = require('./errors.js');
 const { STATES } = require('./handle.js');
 
+// The sidecar refused the worker: a bad registration, or credentials. Retrying will not help.
+const REFUSED = [grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED];
+
 const SDK = 'perdure-node/0.1.0';
 const REASONS = new Map([
   [CancelReason.TIMEOUT, ['timeout', 'the attempt exceeded its timeout']],
@@ -115,7 +118,7 @@ class Worker {
         delay = 50;
       } catch (err) {
         const e = /** @type {any} */ (err);
-        if (e.code === grpc.status.INVALID_ARGUMENT) {
+        if (REFUSED.includes(e.code)) {
           this.fatal = new Error(`the sidecar refused this worker: ${e.details ?? e.message}`);
           this.logger.error(`perdure: ${this.fatal.message}`);
           for (const waiter of this._waiters.splice(0)) waiter.reject(this.fatal);
