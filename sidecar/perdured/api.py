@@ -29,7 +29,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 WATCH_BUFFER = 10_000
 MAX_BATCH = 10_000  # jobs per EnqueueBatch call
-MAX_CALLS_IN_FLIGHT = 10_000  # unanswered calls per Calls stream
+MAX_CALLS_IN_FLIGHT = 10_000  # calls in progress, and answers waiting to be sent, per Calls stream
 BULK_BATCH = 1000  # rows per statement of RetryJobs and PurgeJobs: short locks, bounded memory
 RETRYABLE_STATES = frozenset({"dead", "cancelled"})
 
@@ -244,7 +244,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     async def Calls(self, request_iterator: AsyncIterator[jobs_pb2.CallRequests],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[jobs_pb2.CallResponses]:
-        answers: asyncio.Queue[jobs_pb2.CallResponse | None] = asyncio.Queue()
+        # Bounded, like the calls in progress: a client that does not read its answers is read
+        # no further (its writes wait, not the sidecar's memory).
+        answers: asyncio.Queue[jobs_pb2.CallResponse | None] = asyncio.Queue(MAX_CALLS_IN_FLIGHT)
         reader = asyncio.create_task(self._take_calls(request_iterator, answers))
         try:
             while (first := await answers.get()) is not None:
@@ -258,15 +260,14 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     async def _take_calls(self, requests: AsyncIterator[jobs_pb2.CallRequests],
                           answers: asyncio.Queue[jobs_pb2.CallResponse | None]) -> None:
-        """Start each call as it comes; when the client stops sending, finish those in flight."""
+        """Start each call as it comes, at most MAX_CALLS_IN_FLIGHT at a time (more wait); when
+        the client stops sending, finish those in flight, then end the answers."""
         running: set[asyncio.Task[None]] = set()
         try:
             async for message in requests:
                 for call in message.calls:
-                    if len(running) >= MAX_CALLS_IN_FLIGHT:
-                        answers.put_nowait(_refusal(call.id, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                    f"at most {MAX_CALLS_IN_FLIGHT} unanswered calls per stream"))
-                        continue
+                    while len(running) >= MAX_CALLS_IN_FLIGHT:
+                        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     task = asyncio.create_task(self._answer(call, answers))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -277,7 +278,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         finally:
             for task in running:
                 task.cancel()
-            answers.put_nowait(None)
+        await answers.put(None)
 
     async def _answer(self, call: jobs_pb2.CallRequest, answers: asyncio.Queue[jobs_pb2.CallResponse | None]) -> None:
         context = cast(grpc.aio.ServicerContext, CallContext())
@@ -294,7 +295,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         except Exception:
             log.exception("rpc.failed", rpc=f"Calls.{kind}")
             answer = _refusal(call.id, grpc.StatusCode.INTERNAL, "internal error; see the sidecar's log")
-        answers.put_nowait(answer)
+        await answers.put(answer)
 
     async def _existing(self, job_id: uuid.UUID, namespace: str, context: grpc.aio.ServicerContext) -> dict[str, Any]:
         row = await self.store.get_job(job_id, namespace)

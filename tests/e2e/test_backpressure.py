@@ -169,3 +169,28 @@ async def test_worker_that_does_not_read__is_read_no_further_and_the_sidecar_doe
         async with client:
             assert await (await serving()).result(timeout=60) == "yes"
         work.cancel()
+
+
+async def test_calls_stream_client_that_does_not_read__is_read_no_further(perdured) -> None:
+    """The same for the Calls stream: calls in progress and answers waiting are bounded, so a
+    client that sends calls without reading the answers finds its writes waiting."""
+    sidecar = perdured()
+    async with grpc.aio.insecure_channel(sidecar.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+        calls = jobs_pb2_grpc.JobsStub(channel).Calls()
+        before = memory(sidecar.process.pid)["VmRSS"]
+        blocked = False
+        for start in range(0, 1_000_000, 100):  # an empty call is refused at once, without the database
+            write = asyncio.ensure_future(calls.write(jobs_pb2.CallRequests(
+                calls=[jobs_pb2.CallRequest(id=n) for n in range(start, start + 100)])))
+            done, _ = await asyncio.wait([write], timeout=10)  # (cancelling a write would end the call)
+            if not done:
+                blocked = True
+                break
+        assert blocked, "the sidecar read every call of a client that reads no answer"
+        assert memory(sidecar.process.pid)["VmRSS"] - before < MEMORY_BOUND
+        # Reading again lets it go on: the answers are there, and the waiting write goes through.
+        first = await asyncio.wait_for(calls.read(), 30)
+        assert first.responses[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        while not write.done():
+            await asyncio.wait_for(calls.read(), 30)
+        calls.cancel()
