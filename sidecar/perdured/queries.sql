@@ -109,10 +109,15 @@ claimed AS (
 -- Each function's first jobs come from its own walk of jobs_runnable, in the index's order,
 -- so a claim reads about as many rows as it takes, however long the backlog (one walk over
 -- every name would read and sort the whole backlog). The rows locked beyond the slots are
--- released when the statement ends.
-WITH picked AS (
+-- released when the statement ends. Controlled functions are set aside first (materialized:
+-- otherwise the planner may test them after the walks, which would lock their jobs for a
+-- moment, under the nose of claim_limited).
+WITH served AS MATERIALIZED (
+    SELECT name FROM unnest(%(names)b::text[]) AS given(name)
+    WHERE NOT EXISTS (SELECT 1 FROM perdure.functions f WHERE f.namespace = %(namespace)s AND f.name = given.name)
+), picked AS (
     SELECT first.id, first.priority, first.run_at
-    FROM unnest(%(names)b::text[]) AS served(name)
+    FROM served
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at FROM perdure.jobs
         WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name = served.name
@@ -121,7 +126,6 @@ WITH picked AS (
         LIMIT cardinality(%(slots)b::text[])
         FOR UPDATE SKIP LOCKED
     ) AS first
-    WHERE NOT EXISTS (SELECT 1 FROM perdure.functions f WHERE f.namespace = %(namespace)s AND f.name = served.name)
     ORDER BY first.priority DESC, first.run_at, first.id
     LIMIT cardinality(%(slots)b::text[])
 ), numbered AS (
