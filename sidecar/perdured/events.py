@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from perdured.logs import log
 CHANNEL = "perdure_events"
 # A function's flow control changed (0009_flow_control.sql): {"namespace", "name"}.
 FUNCTIONS_CHANNEL = "perdure_functions"
-RECENT_SUCCESSES = 512  # rows kept of the last jobs that succeeded on this sidecar
+# The rows of the last jobs that succeeded on this sidecar are kept this many, this long:
+# a caller often asks for the result at once; later, the job may have been purged.
+RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class EventHub:
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._function_callbacks: list[Callable[[str, str], None]] = []
         self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
-        self._succeeded: OrderedDict[uuid.UUID, dict[str, Any]] = OrderedDict()
+        self._succeeded: OrderedDict[uuid.UUID, tuple[float, dict[str, Any]]] = OrderedDict()
         self.ready = asyncio.Event()
 
     def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
@@ -83,7 +86,8 @@ class EventHub:
     def succeeded(self, job_id: uuid.UUID) -> dict[str, Any] | None:
         """The row of a job that succeeded on this sidecar a moment ago, if it is still kept:
         a success never changes, and a caller often asks for the result just after."""
-        return self._succeeded.get(job_id)
+        kept = self._succeeded.get(job_id)
+        return kept[1] if kept is not None and time.monotonic() - kept[0] < RECENT_SECONDS else None
 
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
@@ -91,7 +95,7 @@ class EventHub:
     def job_finished(self, row: dict[str, Any]) -> None:
         """A job finished on this sidecar (committed): wake its awaiters with the row itself."""
         if row["state"] == "success":
-            self._succeeded[row["id"]] = row
+            self._succeeded[row["id"]] = (time.monotonic(), row)
             if len(self._succeeded) > RECENT_SUCCESSES:
                 self._succeeded.popitem(last=False)
         for waiter in self._job_waiters.get(row["id"], ()):
