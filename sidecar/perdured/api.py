@@ -138,9 +138,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             return jobs_pb2.AwaitJobResponse(job=convert.job(succeeded), done=True)
         # Listen first, then read: a job that finishes in between still wakes us.
         with self.events.job_waiter(job_id) as finished:
-            # A job running on our workers, its outcome not yet being recorded, has not finished,
-            # and cannot without waking us (our own recording, or a notification we now hear):
-            # the first read can be skipped. After any wake-up without the row, read.
+            # A job running on our workers has not finished, or its outcome is being recorded
+            # here: it cannot end without waking us (our own recording, or a notification we now
+            # hear), so the first read can be skipped. After any wake-up without the row, read.
             row = None
             if self.events.ready.is_set() and self.scheduler.dispatcher.runs(job_id, namespace):
                 try:

@@ -50,8 +50,14 @@ class JobEvent:
         return self.state in ("success", "dead", "cancelled")
 
     @classmethod
-    def parse(cls, text: str) -> JobEvent:
+    def parse_all(cls, text: str) -> list[JobEvent]:
+        """The events of one notification: a JSON object, or an array of them (all the
+        changes of one statement, 0013_batched_notifications.sql)."""
         data = json.loads(text)
+        return [cls.from_dict(item) for item in data] if isinstance(data, list) else [cls.from_dict(data)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobEvent:
         return cls(
             kind=data["kind"], job_id=uuid.UUID(data["id"]), namespace=data["namespace"],
             name=data["name"], attempt=data["attempt"], state=data["state"], at=data["at"],
@@ -132,13 +138,14 @@ class EventHub:
 
     def _dispatch(self, payload: str) -> None:
         try:
-            event = JobEvent.parse(payload)
-        except (ValueError, KeyError) as exc:
+            events = JobEvent.parse_all(payload)
+        except (ValueError, KeyError, TypeError) as exc:
             log.error("events.bad_notification", error=str(exc), payload=payload[:200])
             return
-        if event.started_at_insert:  # one notification for two events: enqueued, then started
-            self._deliver(replace(event, kind="enqueued", started_at_insert=False))
-        self._deliver(event)
+        for event in events:
+            if event.started_at_insert:  # one entry for two events: enqueued, then started
+                self._deliver(replace(event, kind="enqueued", started_at_insert=False))
+            self._deliver(event)
 
     def _function_changed(self, payload: str) -> None:
         try:

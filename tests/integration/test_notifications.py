@@ -1,0 +1,93 @@
+"""Job events reach the sidecars packed: a statement that changes many jobs sends a few
+notifications, each under NOTIFY's 8000 bytes, that together hold one event per change
+(0013_batched_notifications.sql), and the sidecar reads them as it read single events."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+
+from perdured.events import CHANNEL, JobEvent
+
+JOBS = 300
+NOTIFY_LIMIT = 8000
+
+
+def _insert(db: psycopg.Connection, count: int, state: str = "pending") -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in range(count)]
+    db.execute(
+        "INSERT INTO perdure.jobs (id, namespace, name, state, payload, payload_encoding, max_attempts, backoff,"
+        " initial_delay, max_delay, jitter, timeout, run_at, attempt)"
+        " SELECT id, 'ns', 'fn', %s, '\\x'::bytea, 'json', 3, 'fixed', '1s', '1s', 0, '30s', now(), 0"
+        " FROM unnest(%s::uuid[]) AS id", (state, ids))
+    return ids
+
+
+def _payloads(database_url: str, change) -> list[str]:
+    """The notification payloads the change (a function of a connection) sends."""
+    with psycopg.connect(database_url, autocommit=True) as listener, \
+            psycopg.connect(database_url, autocommit=True) as writer:
+        listener.execute(f"LISTEN {CHANNEL}")
+        change(writer)
+        writer.execute(f"NOTIFY {CHANNEL}, 'end'")
+        payloads = []
+        for notification in listener.notifies(timeout=10):
+            if notification.payload == "end":
+                break
+            payloads.append(notification.payload)
+        return payloads
+
+
+def _events(payloads: list[str]) -> list[JobEvent]:
+    return [event for payload in payloads for event in JobEvent.parse_all(payload)]
+
+
+def test_a_batch_insert__is_announced_in_a_few_notifications_with_every_job(database_url) -> None:
+    ids: list[uuid.UUID] = []
+    payloads = _payloads(database_url, lambda conn: ids.extend(_insert(conn, JOBS)))
+    assert 1 < len(payloads) < JOBS / 10
+    assert all(len(p.encode()) < NOTIFY_LIMIT for p in payloads)
+    events = _events(payloads)
+    assert [e.job_id for e in events] == ids  # in the order of the rows
+    assert {(e.kind, e.state, e.namespace, e.name, e.attempt) for e in events} == {("enqueued", "pending", "ns", "fn", 0)}
+
+
+def test_state_changes__each_send_their_event_and_other_updates_none(database_url, db) -> None:
+    pending = _insert(db, JOBS)
+    running = _insert(db, 2, state="running")
+
+    def change(conn: psycopg.Connection) -> None:
+        conn.execute("UPDATE perdure.jobs SET state = 'running', attempt = 1 WHERE id = ANY(%s)", (pending,))
+        conn.execute("UPDATE perdure.jobs SET lease_expires_at = now() WHERE state = 'running'")  # no state change
+        conn.execute("UPDATE perdure.jobs SET state = 'success', finished_at = now() WHERE id = %s", (running[0],))
+        conn.execute("UPDATE perdure.jobs SET state = 'pending', error = %s WHERE id = %s",
+                     (json.dumps({"type": "Boom", "message": "no"}), running[1]))
+
+    events = _events(_payloads(database_url, change))
+    assert [(e.kind, e.job_id) for e in events] == (
+        [("started", job_id) for job_id in pending]
+        + [("succeeded", running[0]), ("attempt_failed", running[1])])
+    assert (events[-1].error_type, events[-1].error_message, events[-1].terminal) == ("Boom", "no", False)
+    assert events[-2].terminal
+
+
+def test_long_error_messages__are_cut_so_that_every_notification_fits(database_url, db) -> None:
+    ids = _insert(db, 40, state="running")
+    message = "é" * 3000  # 6000 bytes: whole, two events would not fit in one notification
+
+    def change(conn: psycopg.Connection) -> None:
+        conn.execute("UPDATE perdure.jobs SET state = 'dead', error = %s WHERE id = ANY(%s)",
+                     (json.dumps({"type": "Boom", "message": message}), ids))
+
+    payloads = _payloads(database_url, change)
+    assert all(len(p.encode()) < NOTIFY_LIMIT for p in payloads)
+    events = _events(payloads)
+    assert sorted(e.job_id for e in events) == sorted(ids)
+    assert {(e.kind, e.error_message) for e in events} == {("dead", "é" * 1000)}
+
+
+def test_a_job_inserted_running__is_announced_as_started_at_insert(database_url) -> None:
+    events = _events(_payloads(database_url, lambda conn: _insert(conn, 1, state="running")))
+    assert [(e.kind, e.started_at_insert) for e in events] == [("started", True)]
