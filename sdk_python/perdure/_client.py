@@ -37,6 +37,9 @@ from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
 MAX_MESSAGE = 64 * 1024 * 1024
 ENQUEUE_BATCH = 1000  # jobs per EnqueueBatch call of enqueue_many
+# EnqueueBatch calls of one enqueue_many in flight at once: while the database inserts one
+# batch, the sidecar checks the next and this process encodes another.
+ENQUEUE_BATCHES_IN_FLIGHT = 4
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -222,7 +225,9 @@ class Perdure:
     async def enqueue_many(self, name: str, calls: Iterable[Sequence[Any]], **options: Any) -> list[JobHandle]:
         """Enqueue one job of `name` per item of `calls` (each a sequence of positional
         arguments), with the same options, in batches of up to 1000 jobs: each batch is one
-        RPC, one statement and one commit, all of it or none. Returns the handles in order."""
+        RPC, one statement and one commit, all of it or none; a few are sent at once. If one
+        fails, the batches not yet sent are not, and its error is raised. Returns the handles
+        in order."""
         checked = JobOptions().merged(**options)
         if checked.idempotency_key is not None:
             raise ValueError("enqueue_many gives every job the same options: an idempotency_key would make them one job")
@@ -238,12 +243,21 @@ class Perdure:
             request.trace_context.update(trace_context)
             request.id = str(new_job_id())
             requests.append(request)
-        handles: list[JobHandle] = []
-        for start in range(0, len(requests), ENQUEUE_BATCH):
-            response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(
-                jobs=requests[start:start + ENQUEUE_BATCH]))
-            handles += [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
-        return handles
+        in_flight = asyncio.Semaphore(ENQUEUE_BATCHES_IN_FLIGHT)
+
+        async def send(batch: list[jobs_pb2.EnqueueRequest]) -> list[JobHandle]:
+            async with in_flight:
+                response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch))
+            return [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
+
+        sends = [asyncio.ensure_future(send(requests[start:start + ENQUEUE_BATCH]))
+                 for start in range(0, len(requests), ENQUEUE_BATCH)]
+        try:
+            batches = await asyncio.gather(*sends)
+        finally:
+            for pending in sends:
+                pending.cancel()
+        return [handle for batch in batches for handle in batch]
 
     # -- many jobs at once: listing, dead letters --------------------------------------------
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import psycopg
 import pytest
 
+import perdure as sdk
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from tests.conftest import start_sidecar
 
 
 async def test_enqueue_many__every_job_runs_once_in_order_of_the_calls(make_client, database_url) -> None:
@@ -27,6 +31,22 @@ async def test_enqueue_many__every_job_runs_once_in_order_of_the_calls(make_clie
     assert results == [n * n for n in range(2500)]
     assert sorted(seen) == list(range(2500))
     assert (details.max_attempts, details.priority, details.args) == (2, 3, [2499])
+
+
+async def test_enqueue_many__a_refused_batch_stops_the_batches_not_yet_sent(database_url) -> None:
+    sidecar = await start_sidecar(database_url, max_payload_bytes=1000)
+    try:
+        async with sdk.Perdure(address=sidecar.address, namespace="batch") as client:
+            calls = [("x" * (2000 if n == 1500 else 1),) for n in range(8000)]  # the second batch is refused
+            with pytest.raises(sdk.InvalidArgumentError, match="payload"):
+                await client.enqueue_many("batch:noop", calls)
+            await asyncio.sleep(1)  # the client stays open: room for any batch still to be sent
+    finally:
+        await sidecar.stop()
+    with psycopg.connect(database_url) as conn:
+        stored = [n for (n,) in conn.execute("SELECT convert_from(payload, 'UTF8') FROM perdure.jobs")]
+    # At most the three batches sent alongside the refused one went in; none of the later ones.
+    assert len(stored) <= 3000 and not any(len(p) > 100 for p in stored)
 
 
 async def test_enqueue_batch__one_invalid_job_refuses_the_whole_batch(sidecar, database_url) -> None:
