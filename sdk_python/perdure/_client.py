@@ -37,9 +37,9 @@ from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
 MAX_MESSAGE = 64 * 1024 * 1024
 ENQUEUE_BATCH = 1000  # jobs per EnqueueBatch call of enqueue_many
-# EnqueueBatch calls of one enqueue_many in flight at once: while the database inserts one
-# batch, the sidecar checks the next and this process encodes another.
-ENQUEUE_BATCHES_IN_FLIGHT = 4
+# EnqueueBatch calls of one enqueue_many in flight at once: while the database stores one
+# batch, the sidecar reads the next. More gained little and cost the sidecar memory.
+ENQUEUE_BATCHES_IN_FLIGHT = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
