@@ -247,7 +247,7 @@ class Perdure:
 
         async def send(batch: list[jobs_pb2.EnqueueRequest]) -> list[JobHandle]:
             async with in_flight:
-                response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch))
+                response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch, brief=True))
             return [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
 
         sends = [asyncio.ensure_future(send(requests[start:start + ENQUEUE_BATCH]))

@@ -100,9 +100,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                 jobs.append(validation.enqueue_request(item, self.max_payload_bytes))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"jobs[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
-        results = await self.scheduler.enqueue_batch(jobs) if jobs else []
+        results = await self.scheduler.enqueue_batch(jobs, brief=request.brief) if jobs else []
+        answer = convert.brief_job if request.brief else convert.job
         return jobs_pb2.EnqueueBatchResponse(results=[
-            jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated) for row, deduplicated in results])
+            jobs_pb2.EnqueueResponse(job=answer(row), deduplicated=deduplicated) for row, deduplicated in results])
 
     @_errors_as_status
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:

@@ -170,6 +170,12 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
     return message
 
 
+def brief_job(row: dict[str, Any]) -> types_pb2.Job:
+    """A job in brief (EnqueueBatchRequest.brief): from store.BRIEF_JOB_COLUMNS."""
+    return types_pb2.Job(id=str(row["id"]), namespace=row["namespace"], name=row["name"],
+                         state=STATES[row["state"]], run_at=timestamp(row["run_at"]))
+
+
 def event(value: JobEvent) -> jobs_pb2.JobEvent:
     message = jobs_pb2.JobEvent(
         kind=EVENT_KINDS.get(value.kind, jobs_pb2.JOB_EVENT_KIND_UNSPECIFIED),

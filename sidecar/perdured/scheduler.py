@@ -91,10 +91,10 @@ class Scheduler:
                 self._runnable(group)
         return row, deduplicated
 
-    async def enqueue_batch(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
+    async def enqueue_batch(self, jobs: list[NewJob], *, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
-        hands them out, as many at once as the workers have free slots)."""
-        results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
+        hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
+        results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
         for job, (row, _) in zip(jobs, results, strict=True):
             _check_same_job(job, row)
         now = datetime.now(UTC)

@@ -28,6 +28,10 @@ JOB_COLUMNS = (
     "priority, labels, concurrency_key, start_by, max_duration, deadline_at, trace_context"
 )
 
+# What a brief answer to a batch enqueue needs of each job (convert.brief_job), and the
+# scheduler and the metrics after it.
+BRIEF_JOB_COLUMNS = "id, namespace, name, state, run_at"
+
 # The same columns, qualified, for an UPDATE ... FROM whose other tables share some names.
 FINISHED_JOB_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
 
@@ -67,6 +71,8 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
         queries[name] = sql.replace("{job_columns}", JOB_COLUMNS).replace("{finished_job_columns}", FINISHED_JOB_COLUMNS)
     queries["enqueue_one"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOB_VALUES)
     queries["enqueue"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOBS_ARRAYS)
+    queries["enqueue_brief"] = queries["enqueue"].replace(f"RETURNING {JOB_COLUMNS}, worker_id",
+                                                          f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
     return queries
 
 
@@ -204,21 +210,24 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float) -> list[tuple[dict[str, Any], bool]]:
+    async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float,
+                      brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
-        Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`."""
-        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease)
+        Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`. Brief: the
+        rows of new jobs hold BRIEF_JOB_COLUMNS only."""
+        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease, brief=brief)
 
     async def _enqueue_with(self, run: Runner, jobs: list[NewJob], *, sidecar_id: str,
-                            lease: float) -> list[tuple[dict[str, Any], bool]]:
+                            lease: float, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """The enqueue, its statements run by `run`: each its own transaction (`_all`), or all
         within one (`_on(conn)`)."""
         rows = [_new_job_values(job) for job in jobs]
         common = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
-        if len(rows) == 1:
+        if len(rows) == 1 and not brief:
             query, params = "enqueue_one", rows[0] | common
         else:
-            query, params = "enqueue", {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
+            query = "enqueue_brief" if brief else "enqueue"
+            params = {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
         inserted = {row["id"]: row for row in await run(query, params)}
         self._count_inserted(list(inserted.values()))
         skipped = [j for j in jobs if j.id not in inserted]

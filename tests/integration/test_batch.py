@@ -96,3 +96,24 @@ async def test_enqueue_with_its_own_id__repeated_returns_the_same_job_and_a_take
         assert raised.value.details() == f"id: {job_id} is the id of another job"
         listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
     assert [job.id for job in listed.jobs] == [job_id]
+
+
+async def test_enqueue_batch__brief_answers_each_job_with_its_identity_and_state_only(sidecar) -> None:
+    def job(key: str = "") -> jobs_pb2.EnqueueRequest:
+        return jobs_pb2.EnqueueRequest(name="batch:brief", idempotency_key=key, priority=4,
+                                       payload=types_pb2.Payload(data=b'{"args": [1]}', encoding="json"))
+
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        full = await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=[job("k")]))
+        brief = await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=[job(), job("k")], brief=True))
+        stored = await jobs.GetJob(jobs_pb2.GetJobRequest(id=brief.results[0].job.id))
+    assert full.results[0].job.payload.data == b'{"args": [1]}' and full.results[0].job.priority == 4
+    new, deduplicated = brief.results
+    assert (new.deduplicated, deduplicated.deduplicated) == (False, True)
+    assert deduplicated.job.id == full.results[0].job.id
+    for result in brief.results:
+        expected = types_pb2.Job(id=result.job.id, namespace="default", name="batch:brief",
+                                 state=types_pb2.JOB_STATE_PENDING, run_at=result.job.run_at)
+        assert result.job == expected and result.job.HasField("run_at")
+    assert stored.job.run_at == new.job.run_at and stored.job.payload.data == b'{"args": [1]}'

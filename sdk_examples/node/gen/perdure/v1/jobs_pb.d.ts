@@ -304,6 +304,15 @@ export declare type EnqueueBatchRequest = Message<"perdure.v1.EnqueueBatchReques
    * @generated from field: repeated perdure.v1.EnqueueRequest jobs = 1;
    */
   jobs: EnqueueRequest[];
+
+  /**
+   * Answer each job in brief: its id, namespace, name, state and run_at only, not the payload
+   * and options the caller sent (converting and sending them back costs the sidecar more than
+   * storing them). A deduplicated job is answered the same way.
+   *
+   * @generated from field: bool brief = 2;
+   */
+  brief: boolean;
 };
 
 /**
