@@ -71,8 +71,10 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
         queries[name] = sql.replace("{job_columns}", JOB_COLUMNS).replace("{finished_job_columns}", FINISHED_JOB_COLUMNS)
     queries["enqueue_one"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOB_VALUES)
     queries["enqueue"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOBS_ARRAYS)
-    queries["enqueue_brief"] = queries["enqueue"].replace(f"RETURNING {JOB_COLUMNS}, worker_id",
-                                                          f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
+    returning = f"RETURNING {JOB_COLUMNS}, worker_id"
+    if returning not in queries["enqueue"]:
+        raise ValueError(f"queries.sql: enqueue must end its insert with {returning!r} (see enqueue_brief)")
+    queries["enqueue_brief"] = queries["enqueue"].replace(returning, f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
     return queries
 
 
