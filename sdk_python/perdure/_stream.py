@@ -1,4 +1,5 @@
-"""Batches on the `Work` stream (see "Batches" in workers.proto), for both of its ends.
+"""Batches on the streams, for both of their ends: `Work` (see "Batches" in workers.proto)
+and `Jobs.Calls`.
 
 Each message costs gRPC a fixed amount of work, whatever its size. Under load, many are
 ready at once; sending a run of them as one message pays that cost once. Nothing waits

@@ -43,8 +43,8 @@ def _described(where: validation.JobFilter) -> dict[str, Any]:
 def _errors_as_status(method: Handler) -> Handler:
     """Bad input becomes INVALID_ARGUMENT with the message naming the field; a namespace the
     caller's token may not use, PERMISSION_DENIED; a database that cannot be reached, or a row
-    another transaction keeps locked (store.LOCK_WAIT), UNAVAILABLE (clients retry); a value the database refuses, INVALID_ARGUMENT; any other
-    database error, INTERNAL."""
+    another transaction keeps locked (store.LOCK_WAIT), UNAVAILABLE (clients retry); a value
+    the database refuses, INVALID_ARGUMENT; any other database error, INTERNAL."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:

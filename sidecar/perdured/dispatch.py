@@ -336,7 +336,7 @@ class Dispatcher:
     async def _record_outcomes(self, session: WorkerSession,
                                taken: list[tuple[workers_pb2.Outcome, Assignment, Outcome]]) -> None:
         states = await self._finisher.submit_many([record for _, _, record in taken])
-        recorded = []
+        suspended = []
         for (outcome, assignment, record), state in zip(taken, states, strict=True):
             if isinstance(state, Exception):
                 # Not committed, so not acknowledged. The slot is freed and the lease no longer
@@ -344,9 +344,12 @@ class Dispatcher:
                 log.error("job.outcome_not_recorded", job_id=outcome.job_id, attempt=outcome.attempt, error=str(state))
                 assignment.ended = True
                 self._release_slot(assignment)
+            elif state == "suspended" and record.waiting_for:
+                suspended.append(self._suspended(session, outcome, assignment, record))
             else:
-                recorded.append(self._recorded(session, outcome, assignment, record, state))
-        await asyncio.gather(*recorded)
+                self._acknowledge(session, outcome, assignment, record, state)
+        if suspended:  # the rest need no task each
+            await asyncio.gather(*suspended)
 
     async def _take(self, session: WorkerSession, outcome: workers_pb2.Outcome) -> Assignment | None:
         """The attempt this outcome ends, now finishing; None when there is nothing to record
@@ -373,20 +376,24 @@ class Dispatcher:
             assignment.timer.cancel()
         return assignment
 
-    async def _recorded(self, session: WorkerSession, outcome: workers_pb2.Outcome, assignment: Assignment,
-                        record: Outcome, state: str | None) -> None:
-        """An outcome is committed: free its slot and acknowledge it."""
-        if state == "suspended" and record.waiting_for:
-            # The event (or the awaited child's end) may have come while the job was suspending:
-            # if so, it runs again now.
-            try:
-                if record.waiting_for.startswith(CHILD_PREFIX):
-                    child_id = uuid.UUID(record.waiting_for[len(CHILD_PREFIX):])
-                    await self.store.wake_if_child_done(session.namespace, record.job_id, child_id)
-                else:
-                    await self.store.wake_if_emitted(session.namespace, record.waiting_for, record.job_id)
-            except Exception as exc:  # it still wakes on the next emit, or at its timeout
-                log.error("event.recheck_failed", job_id=outcome.job_id, event_name=record.waiting_for, error=str(exc))
+    async def _suspended(self, session: WorkerSession, outcome: workers_pb2.Outcome, assignment: Assignment,
+                         record: Outcome) -> None:
+        """A suspension to wait for an event or a child is committed. The event (or the child's
+        end) may have come while the job was suspending: if so, it runs again now."""
+        assert record.waiting_for is not None
+        try:
+            if record.waiting_for.startswith(CHILD_PREFIX):
+                child_id = uuid.UUID(record.waiting_for[len(CHILD_PREFIX):])
+                await self.store.wake_if_child_done(session.namespace, record.job_id, child_id)
+            else:
+                await self.store.wake_if_emitted(session.namespace, record.waiting_for, record.job_id)
+        except Exception as exc:  # it still wakes on the next emit, or at its timeout
+            log.error("event.recheck_failed", job_id=outcome.job_id, event_name=record.waiting_for, error=str(exc))
+        self._acknowledge(session, outcome, assignment, record, "suspended")
+
+    def _acknowledge(self, session: WorkerSession, outcome: workers_pb2.Outcome, assignment: Assignment,
+                     record: Outcome, state: str | None) -> None:
+        """An outcome is committed (or did not count: state None): free its slot and say so."""
         self._release_slot(assignment)
         session.send(_ack(outcome, recorded=state is not None, state=state))
         self.store.metrics.attempt_duration.labels(assignment.namespace, assignment.name, record.attempt_outcome).observe(
@@ -406,11 +413,11 @@ class Dispatcher:
     async def _on_step(self, session: WorkerSession, step: workers_pb2.RecordStep) -> None:
         """Commit a step's outcome, then acknowledge it: the handler waits for that."""
         try:
-            if self._held(session, "record_step", step.job_id, step.attempt) is None:
+            if (held := self._held(session, "record_step", step.job_id, step.attempt)) is None:
                 raise ValueError("not an attempt this worker holds")
             if "\x00" in step.name:  # PostgreSQL cannot store it; refused here, not in the batch
                 raise validation.InvalidArgument("record_step.name", "must not contain NUL characters")
-            job_id = uuid.UUID(step.job_id)
+            job_id = held.job_id
             if step.HasField("result"):
                 data, encoding = validation.payload(step.result, self.max_payload_bytes, "record_step.result")
                 record = StepRecord(job_id, step.attempt, step.name, "succeeded", result=data, result_encoding=encoding)
