@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 
+import psycopg
 import pytest
 
 from perdure import JobCancelledError, JobDeadError, NonRetryableError, PerdureError
@@ -303,3 +305,32 @@ async def test_start_without_serving__enqueues_only_until_started_to_serve(make_
     assert await (await defined_late()).result(timeout=30) is None
     with pytest.raises(PerdureError, match="before Perdure starts serving"):
         perdure.durable("too:late")(defined_late.fn)
+
+
+async def test_result_asked_while_the_outcome_is_being_committed__is_that_outcome(make_client, sidecar,
+                                                                                 database_url) -> None:
+    client = make_client()
+    release = asyncio.Event()
+
+    @client.durable("basics:answer")
+    async def answer() -> int:
+        await release.wait()
+        return 42
+
+    async with client:
+        await client.wait_until_serving()
+        handle = await answer()
+        while await handle.status() != "running":
+            await asyncio.sleep(0.01)
+        async with await psycopg.AsyncConnection.connect(database_url) as blocker:
+            # Another transaction holds the job's row: the outcome's commit waits for it.
+            await blocker.execute("SELECT 1 FROM perdure.jobs WHERE id = %s FOR UPDATE", (handle.id,))
+            release.set()
+            assignment = sidecar.dispatcher._by_job[uuid.UUID(handle.id)]
+            while not assignment.finishing:
+                await asyncio.sleep(0.01)
+            waiting = asyncio.create_task(handle.result(timeout=10))
+            await asyncio.sleep(0.3)  # the result is asked for while the commit waits
+            assert not waiting.done()
+        # The blocker's transaction ends (rolled back) with its connection: the outcome commits.
+        assert await waiting == 42
