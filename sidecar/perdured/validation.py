@@ -298,19 +298,21 @@ class JobFilter:
     error_contains: str | None = None
 
 
-def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter,
+def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter, prefix: str = "",
                *, allowed_states: frozenset[str] | None = None, default_states: list[str] | None = None) -> JobFilter:
-    states = job_states(list(request.states)) or default_states
+    """`prefix` names where the filter sits in the request ("filter." in RetryJobs and
+    PurgeJobs), so that an error names the field as the caller wrote it."""
+    states = job_states(list(request.states), f"{prefix}states") or default_states
     if allowed_states is not None and states and not set(states) <= allowed_states:
         refused = ", ".join(sorted(set(states) - allowed_states))
-        raise InvalidArgument("states", f"{refused} not allowed here; use {', '.join(sorted(allowed_states))}")
+        raise InvalidArgument(f"{prefix}states", f"{refused} not allowed here; use {', '.join(sorted(allowed_states))}")
     return JobFilter(
-        namespace=namespace(request.namespace),
-        name=function_name(request.name) if request.name else None,
+        namespace=namespace(request.namespace, f"{prefix}namespace"),
+        name=function_name(request.name, f"{prefix}name") if request.name else None,
         states=states,
-        labels=job_labels(dict(request.labels)) or None,
-        error_type=text(request.error_type, "error_type") or None,
-        error_contains=text(request.error_contains, "error_contains") or None,
+        labels=job_labels(dict(request.labels), f"{prefix}labels") or None,
+        error_type=text(request.error_type, f"{prefix}error_type") or None,
+        error_contains=text(request.error_contains, f"{prefix}error_contains") or None,
     )
 
 

@@ -104,6 +104,22 @@ async def test_reads_with_bad_ids_or_states__are_invalid_argument(jobs) -> None:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize(("bad_filter", "field"), [
+    (jobs_pb2.JobFilter(states=[types_pb2.JOB_STATE_RUNNING]), "filter.states"),
+    (jobs_pb2.JobFilter(states=[77]), "filter.states"),
+    (jobs_pb2.JobFilter(namespace="no spaces"), "filter.namespace"),
+    (jobs_pb2.JobFilter(labels={"": "x"}), "filter.labels"),
+    (jobs_pb2.JobFilter(error_type="a\x00b"), "filter.error_type"),
+])
+async def test_bulk_retry_and_purge__name_the_bad_filter_field_as_sent(jobs, bad_filter, field) -> None:
+    for call in (jobs.RetryJobs(jobs_pb2.RetryJobsRequest(filter=bad_filter)),
+                 jobs.PurgeJobs(jobs_pb2.PurgeJobsRequest(filter=bad_filter))):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details().startswith(f"{field}: ")
+
+
 async def test_namespaces__hide_jobs_of_other_namespaces(jobs, channel) -> None:
     job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(namespace="a", name="f"))).job
     with pytest.raises(grpc.aio.AioRpcError) as caught:
