@@ -195,6 +195,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     async def PurgeJobs(self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.PurgeJobsResponse:
         where = validation.job_filter(request.filter, "filter.", allowed_states=TERMINAL_STATES, default_states=["dead"])
         purged = await self.store.purge_jobs(where, BULK_BATCH)
+        self.events.forget_successes()  # at once here; other sidecars hear it from PostgreSQL
         log.info("jobs.purged", jobs=purged, **_described(where))
         return jobs_pb2.PurgeJobsResponse(purged=purged)
 

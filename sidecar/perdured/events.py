@@ -24,8 +24,10 @@ from perdured.logs import log
 CHANNEL = "perdure_events"
 # A function's flow control changed (0009_flow_control.sql): {"namespace", "name"}.
 FUNCTIONS_CHANNEL = "perdure_functions"
+DELETED_CHANNEL = "perdure_deleted"  # succeeded jobs were deleted (0014_deleted_jobs_notice.sql)
 # The rows of the last jobs that succeeded on this sidecar are kept this many, this long:
-# a caller often asks for the result at once; later, the job may have been purged.
+# a caller often asks for the result at once. They are dropped when succeeded jobs are
+# deleted anywhere, and while notifications may be missed.
 RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
 
 
@@ -92,8 +94,14 @@ class EventHub:
     def succeeded(self, job_id: uuid.UUID) -> dict[str, Any] | None:
         """The row of a job that succeeded on this sidecar a moment ago, if it is still kept:
         a success never changes, and a caller often asks for the result just after."""
+        if not self.ready.is_set():  # a deletion now would go unheard
+            return None
         kept = self._succeeded.get(job_id)
         return kept[1] if kept is not None and time.monotonic() - kept[0] < RECENT_SECONDS else None
+
+    def forget_successes(self) -> None:
+        """Succeeded jobs were deleted (or may have been, unheard): keep none of their rows."""
+        self._succeeded.clear()
 
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
@@ -116,6 +124,8 @@ class EventHub:
                 async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await conn.execute(f"LISTEN {FUNCTIONS_CHANNEL}")
+                    await conn.execute(f"LISTEN {DELETED_CHANNEL}")
+                    self.forget_successes()  # kept while deletions could not be heard
                     self.ready.set()
                     delay = 0.1
                     if not first:
@@ -125,6 +135,8 @@ class EventHub:
                     async for notification in conn.notifies():
                         if notification.channel == FUNCTIONS_CHANNEL:
                             self._function_changed(notification.payload)
+                        elif notification.channel == DELETED_CHANNEL:
+                            self.forget_successes()
                         else:
                             self._dispatch(notification.payload)
             except asyncio.CancelledError:
