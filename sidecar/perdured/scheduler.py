@@ -14,7 +14,10 @@ may free room, so its notification wakes the claim too; a rate limit sets a time
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +37,9 @@ RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "res
 FREES_SLOT = frozenset({"succeeded", "dead", "cancelled"})
 ANNOUNCED_LIMIT = 10_000
 LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried again
+# The most slots one claim offers: a worker with thousands of free slots is filled by several
+# claims in a row, so that no statement, result or buffer grows with a worker's concurrency.
+CLAIM_LIMIT = 512
 
 
 class Scheduler:
@@ -222,6 +228,8 @@ class Scheduler:
                 full |= rows > 0 and rows == slots
             if full:
                 self._waiting.add(group)
+                if group in self.dispatcher.groups_with_free_slots():
+                    self._wake.set()  # slots beyond the claim's limit: claim again at once
             else:
                 self._waiting.discard(group)
                 if recheck:
@@ -239,9 +247,10 @@ class Scheduler:
         sessions = self.dispatcher.groups_with_free_slots().get(group, [])
         if not sessions:
             return 0, 0
-        # One entry per free slot, taking turns between workers.
-        free = {session: session.free_slots for session in sessions}
-        slots = [worker for turn in _interleave([[s.id] * n for s, n in free.items()]) for worker in turn]
+        # One entry per free slot, taking turns between workers, up to CLAIM_LIMIT.
+        slots = list(itertools.islice(_taking_turns({s.id: s.free_slots for s in sessions}), CLAIM_LIMIT))
+        offered = Counter(slots)
+        free = {session: offered[session.id] for session in sessions if offered[session.id]}
         for session, count in free.items():
             session.reserved += count
         try:
@@ -276,8 +285,7 @@ def _check_same_job(job: NewJob, row: dict[str, Any]) -> None:
         raise InvalidArgument("id", f"{job.id} is the id of another job")
 
 
-def _interleave(queues: list[list[str]]) -> list[list[str]]:
-    rounds: list[list[str]] = []
-    for index in range(max((len(q) for q in queues), default=0)):
-        rounds.append([q[index] for q in queues if index < len(q)])
-    return rounds
+def _taking_turns(free: dict[str, int]) -> Iterator[str]:
+    """Each worker's id once per free slot it has, taking turns."""
+    for index in range(max(free.values(), default=0)):
+        yield from (worker for worker, count in free.items() if index < count)
