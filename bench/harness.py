@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 from perdured.launch import spawn
 
@@ -26,12 +27,19 @@ class Database:
 
 
 @contextlib.contextmanager
-def database(url: str | None) -> Iterator[Database]:
-    """The given PostgreSQL, or an embedded one in a temporary directory, deleted afterwards."""
+def database(url: str | None, preload: tuple[str, ...] = ()) -> Iterator[Database]:
+    """The given PostgreSQL, or an embedded one in a temporary directory, deleted afterwards.
+    `preload`: libraries the embedded server loads at start (a given server is used as it is)."""
     if url:
         yield Database(url, f"external {_server_version(url)}")
         return
     with restartable_postgres() as server:
+        if preload:
+            with psycopg.connect(server.url, autocommit=True) as conn:
+                conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET shared_preload_libraries = {}").format(
+                    psycopg.sql.Literal(",".join(preload))))
+            server.stop()
+            server.start()
         yield Database(server.url, f"embedded {_server_version(server.url)}")
 
 

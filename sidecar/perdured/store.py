@@ -75,7 +75,9 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     if returning not in queries["enqueue"]:
         raise ValueError(f"queries.sql: enqueue must end its insert with {returning!r} (see enqueue_brief)")
     queries["enqueue_brief"] = queries["enqueue"].replace(returning, f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
-    return queries
+    # Each statement ends with its name, which PostgreSQL keeps with it (pg_stat_statements,
+    # pg_stat_activity): an operator can tell which of ours a busy or slow statement is.
+    return {name: f"{sql}\n/* perdured:{name} */" for name, sql in queries.items() if name not in FRAGMENTS}
 
 
 def _new_job_values(job: NewJob) -> dict[str, Any]:

@@ -56,3 +56,12 @@ def test_growth__fills_a_history_of_finished_jobs_and_reports_each_size(database
                OR (SELECT outcome FROM perdure.attempts a WHERE a.job_id = j.id AND a.number = j.attempt)
                   <> CASE j.state WHEN 'success' THEN 'succeeded' ELSE 'failed' END""").fetchone()
         assert mismatched == (0,)
+
+
+@pytest.mark.timeout(300)
+def test_idle__counts_queries_and_measures_memory_idle_and_in_flight(database_url) -> None:
+    figures = bench("idle", "--window", "2", "--in-flight", "50", "--database-url", as_url(database_url))
+    assert figures["scenario"] == "idle" and figures["in_flight"] == 50
+    assert figures["counted_as"] in ("statements", "transactions")  # pg_stat_statements, if loaded there
+    assert figures["queries_per_s"] >= 0 and figures["transactions_per_s"] >= 0  # type: ignore[operator]
+    assert figures["idle_rss_mb"] > 0 and figures["in_flight_rss_mb"] > 0  # type: ignore[operator]
