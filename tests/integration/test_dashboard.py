@@ -241,6 +241,8 @@ async def test_retry__one_job_and_every_match(http, make_client) -> None:
         assert every == {"retried": 2}
         assert [await h.result(timeout=30) for h in handles[1:]] == [1, 2]
     assert "JSON object" in (await read(await http.post("/api/jobs/retry", headers=ACT, data=b"[1]"), 400))["error"]
+    refused = await read(await http.post("/api/jobs/retry", headers=ACT, json={"states": ["success"]}), 400)
+    assert refused["error"].startswith("states: success not allowed here")  # the body's own field name
 
 
 async def test_events__a_job_from_enqueue_to_success_and_the_statistics(http, make_client) -> None:

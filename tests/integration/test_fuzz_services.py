@@ -184,7 +184,7 @@ async def test_unknown_enum_values__are_refused_with_the_field(jobs, db) -> None
     for request, method, field in (
         (jobs_pb2.EnqueueRequest(name="f", retry=types_pb2.RetryPolicy(backoff=99)), jobs.Enqueue, "retry.backoff"),
         (jobs_pb2.ListJobsRequest(states=[99]), jobs.ListJobs, "states"),
-        (jobs_pb2.PurgeJobsRequest(filter=jobs_pb2.JobFilter(states=[99])), jobs.PurgeJobs, "states"),  # named as in ListJobsRequest
+        (jobs_pb2.PurgeJobsRequest(filter=jobs_pb2.JobFilter(states=[99])), jobs.PurgeJobs, "filter.states"),
         (schedules_pb2.CreateScheduleRequest(name="s", cron="0 3 1 1 *", missed=99,
                                              job=jobs_pb2.EnqueueRequest(name="f")),
          schedules.CreateSchedule, "missed"),

@@ -347,7 +347,13 @@ class DashboardApp:
             namespace=_text(body, "namespace"), name=_text(body, "name"),
             states=[_state(s) for s in _list(body, "states")], labels=_mapping(body, "labels"),
             error_type=_text(body, "error_type"), error_contains=_text(body, "error_contains"))
-        response = await self.jobs.RetryJobs(jobs_pb2.RetryJobsRequest(filter=where), timeout=300)
+        try:
+            response = await self.jobs.RetryJobs(jobs_pb2.RetryJobsRequest(filter=where), timeout=300)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            # The body is the filter itself: name the field as the body does ("states").
+            raise ApiError(400, (exc.details() or "").removeprefix("filter.")) from None
         log.info("dashboard.jobs_retried", jobs=response.retried, name=where.name, error_type=where.error_type)
         return _json(to_json(response))
 
