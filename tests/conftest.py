@@ -120,6 +120,15 @@ async def sidecar(database_url: str) -> AsyncIterator[Sidecar]:
     await sidecar.stop()
 
 
+@pytest.fixture
+async def two_sidecars(database_url: str) -> AsyncIterator[tuple[Sidecar, Sidecar]]:
+    """Two sidecars sharing the test's database."""
+    first, second = await start_sidecar(database_url), await start_sidecar(database_url)
+    yield first, second
+    await first.stop()
+    await second.stop()
+
+
 @pytest.fixture(scope="session")
 def threaded_loop() -> Iterator[asyncio.AbstractEventLoop]:
     """An event loop in a background thread, for the whole session. Not closed before its end:

@@ -11,20 +11,10 @@ import pytest
 
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
-from ..conftest import start_sidecar
-
 # Well under the RECENT_SECONDS a success is kept: a row still answered after this was kept
 # through the deletion.
 NOTICE_WAIT = 5.0
 SUCCESS = jobs_pb2.JobFilter(states=[types_pb2.JOB_STATE_SUCCESS])
-
-
-@pytest.fixture
-async def two_sidecars(database_url):
-    first, second = await start_sidecar(database_url), await start_sidecar(database_url)
-    yield first, second
-    await first.stop()
-    await second.stop()
 
 
 async def _await_job(address: str, job_id: str) -> grpc.StatusCode | int:

@@ -13,14 +13,6 @@ from perdure.v1 import jobs_pb2, jobs_pb2_grpc
 from ..conftest import start_sidecar
 
 
-@pytest.fixture
-async def two_sidecars(database_url):
-    first, second = await start_sidecar(database_url), await start_sidecar(database_url)
-    yield first, second
-    await first.stop()
-    await second.stop()
-
-
 async def test_priority__higher_runs_first_whichever_sidecar_enqueued(two_sidecars, make_client) -> None:
     producer_side, worker_side = two_sidecars
     producer = make_client(address=producer_side.address)
