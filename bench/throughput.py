@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 import uuid
+from typing import cast
 
 from bench import floor, harness, peer
 from perdure import Perdure
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--callers", type=int, default=32, help="concurrent callers of the mixed load (default 32)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of mixed load (default 20)")
     parser.add_argument("--concurrency", type=int, default=256, help="the worker's concurrency (default 256)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs on the same database, each with the peer beside it; medians are reported (default 3)")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL to use (default: an embedded one in a temporary directory)")
 
@@ -62,20 +66,41 @@ async def mixed(address: str, namespace: str, callers: int, duration: float) -> 
     return len(latencies) / elapsed, harness.summary(latencies)
 
 
+def one_run(url: str, address: str, args: argparse.Namespace) -> dict[str, object]:
+    """The peer's drain, then ours: batch enqueue, drain, mixed load (a namespace of its own)."""
+    peer_rate = peer.measure(url, args.jobs)
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    enqueue_rate = asyncio.run(batch_enqueue(address, namespace, args.jobs))
+    drain_rate = drain(url, address, namespace, args.jobs, args.concurrency)
+    with harness.worker_process(address, namespace, args.concurrency):
+        mixed_rate, mixed_latency = asyncio.run(mixed(address, namespace, args.callers, args.duration))
+    return {"batch_enqueue": enqueue_rate, "drain": drain_rate, "mixed": mixed_rate, "peer": peer_rate,
+            "mixed_latency": mixed_latency}
+
+
 def run(args: argparse.Namespace) -> None:
+    if min(args.jobs, args.runs, args.callers, args.concurrency) < 1 or args.duration <= 0:
+        raise SystemExit("--jobs, --runs, --callers and --concurrency must be at least 1, --duration above 0")
+    runs = []
     with harness.database(args.database_url) as db:
         floors = floor.measure(db.url)
-        peer_rate = peer.measure(db.url, args.jobs)
         with harness.perdured(db.url) as sidecar:
-            namespace = f"bench-{uuid.uuid4().hex[:8]}"
-            enqueue_rate = asyncio.run(batch_enqueue(sidecar.address, namespace, args.jobs))
-            drain_rate = drain(db.url, sidecar.address, namespace, args.jobs, args.concurrency)
-            with harness.worker_process(sidecar.address, namespace, args.concurrency):
-                mixed_rate, mixed_latency = asyncio.run(mixed(sidecar.address, namespace, args.callers, args.duration))
+            for number in range(1, args.runs + 1):
+                runs.append(one_run(db.url, sidecar.address, args))
+                figures = runs[-1]
+                print(f"run {number}/{args.runs}: batch enqueue {figures['batch_enqueue']:.0f}/s, "
+                      f"drain {figures['drain']:.0f}/s (peer {figures['peer'] or 0:.0f}/s), "
+                      f"mixed {figures['mixed']:.0f}/s", flush=True)
             rss = sidecar.rss_mb()
 
+    def median(key: str) -> float:
+        return statistics.median(cast(float, r[key]) for r in runs)
+
+    enqueue_rate, drain_rate, mixed_rate = median("batch_enqueue"), median("drain"), median("mixed")
+    peer_rate = median("peer") if all(r["peer"] for r in runs) else None
+    mixed_latency = harness.median_summary([cast(dict[str, float], r["mixed_latency"]) for r in runs])
     print(f"throughput: {args.jobs} no-op jobs, 1 worker process (concurrency {args.concurrency}), 1 perdured, "
-          f"PostgreSQL {db.label}")
+          f"PostgreSQL {db.label}, median of {args.runs} runs")
     floor.print_floor(floors)
     rows = [("batch enqueue", enqueue_rate, "batch_enqueue"), ("drain", drain_rate, "drain"),
             (f"mixed ({args.callers} callers)", mixed_rate, "mixed")]
@@ -84,9 +109,9 @@ def run(args: argparse.Namespace) -> None:
         peer_cell = f"{peer_rate:>10.0f}{rate / peer_rate:>15.2f}" if key == "drain" and peer_rate else ""
         print(f"{label:<22}{rate:>10.0f}{TARGETS[key]:>10}{peer_cell}")
     print(f"mixed round trip (ms): p50 {mixed_latency['p50']:.3f}  p95 {mixed_latency['p95']:.3f}  "
-          f"p99 {mixed_latency['p99']:.3f}; sidecar RSS after the run: {rss:.1f} MB")
+          f"p99 {mixed_latency['p99']:.3f}; sidecar RSS after the runs: {rss:.1f} MB")
     print(json.dumps({
-        "scenario": "throughput", "jobs": args.jobs, "batch_enqueue_per_s": round(enqueue_rate),
+        "scenario": "throughput", "jobs": args.jobs, "runs": args.runs, "batch_enqueue_per_s": round(enqueue_rate),
         "drain_per_s": round(drain_rate), "mixed_per_s": round(mixed_rate), "mixed_round_trip_ms": mixed_latency,
         "peer_drain_per_s": round(peer_rate) if peer_rate else None, "floor_ms": floors,
         "sidecar_rss_mb": round(rss, 1), "postgres": db.label,

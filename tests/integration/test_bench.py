@@ -65,3 +65,13 @@ def test_idle__counts_queries_and_measures_memory_idle_and_in_flight(database_ur
     assert figures["counted_as"] in ("statements", "transactions")  # pg_stat_statements, if loaded there
     assert figures["queries_per_s"] >= 0 and figures["transactions_per_s"] >= 0  # type: ignore[operator]
     assert figures["idle_rss_mb"] > 0 and figures["in_flight_rss_mb"] > 0  # type: ignore[operator]
+
+
+@pytest.mark.timeout(300)
+def test_throughput__reports_the_median_of_its_runs(database_url) -> None:
+    figures = bench("throughput", "--jobs", "200", "--callers", "2", "--duration", "0.5", "--runs", "2",
+                    "--database-url", as_url(database_url))
+    assert figures["scenario"] == "throughput" and figures["runs"] == 2
+    for key in ("batch_enqueue_per_s", "drain_per_s", "mixed_per_s"):
+        assert figures[key] > 0, key  # type: ignore[operator]
+    assert figures["mixed_round_trip_ms"]["p95"] > 0  # type: ignore[index]
