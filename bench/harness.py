@@ -159,6 +159,36 @@ def worker_process(address: str, namespace: str, concurrency: int = 256) -> Iter
             process.wait()
 
 
+# Whether a namespace has jobs not finished yet, read from the partial indexes of runnable and
+# running jobs: cheap however many jobs there are, so that watching a drain does not load the
+# database it measures (a count of finished jobs reads them all, every time).
+_UNFINISHED = """
+    SELECT EXISTS (SELECT 1 FROM perdure.jobs WHERE namespace = %(namespace)s AND state IN ('pending', 'suspended'))
+        OR EXISTS (SELECT 1 FROM perdure.jobs WHERE namespace = %(namespace)s AND state = 'running')"""
+
+
+def wait_drained(url: str, namespace: str, jobs: int, poll: float = 0.02) -> float:
+    """Waits until no job of `namespace` is left to run, checks that `jobs` of them succeeded,
+    and returns when the last one finished (Unix seconds, by the database's clock)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        while conn.execute(_UNFINISHED, {"namespace": namespace}).fetchone() != (False,):
+            time.sleep(poll)
+        row = conn.execute("SELECT count(*), extract(epoch FROM max(finished_at))::float8 FROM perdure.jobs "
+                           "WHERE namespace = %s AND state = 'success'", (namespace,)).fetchone()
+    assert row is not None
+    if row[0] != jobs:
+        raise RuntimeError(f"{row[0]} of {jobs} jobs succeeded in {namespace}")
+    return float(row[1])
+
+
+def database_clock(url: str) -> float:
+    """The database's clock now, in Unix seconds."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])
+
+
 def count_jobs(url: str, namespace: str, state: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT count(*) FROM perdure.jobs WHERE namespace = %s AND state = %s",

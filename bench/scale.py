@@ -105,8 +105,7 @@ async def drain(url: str, sidecars: list[harness.Perdured], namespace: str, jobs
         in_time = harness.count_jobs(url, namespace, "pending") == jobs
         await asyncio.sleep(max((release - datetime.now(UTC)).total_seconds(), 0))
         cpu = CpuMeter({"sidecars": [s.process.pid for s in sidecars], "workers": [w.pid for w in workers]})
-        while harness.count_jobs(url, namespace, "success") < jobs:
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(harness.wait_drained, url, namespace, jobs)
         busy, seconds = cpu.busy(), cpu.seconds()
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(run_at))::float8 FROM perdure.jobs "

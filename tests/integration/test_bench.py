@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -75,3 +77,46 @@ def test_throughput__reports_the_median_of_its_runs(database_url) -> None:
     for key in ("batch_enqueue_per_s", "drain_per_s", "mixed_per_s"):
         assert figures[key] > 0, key  # type: ignore[operator]
     assert figures["mixed_round_trip_ms"]["p95"] > 0  # type: ignore[index]
+
+
+def _insert_pending(conn: psycopg.Connection, namespace: str, count: int) -> None:
+    conn.execute("INSERT INTO perdure.jobs (id, namespace, name, payload, payload_encoding, max_attempts, backoff, "
+                 "initial_delay, max_delay, jitter, timeout, run_at) "
+                 "SELECT gen_random_uuid(), %s, 'bench:noop', '', 'json', 1, 'fixed', '1 s', '1 s', 0, '1 s', now() "
+                 "FROM generate_series(1, %s)", (namespace, count))
+
+
+def _finish_later(url: str, namespace: str, dead: int) -> threading.Thread:
+    """In a moment, every job of `namespace` ends: `dead` of them dead, the others succeeded."""
+    def finish() -> None:
+        time.sleep(0.5)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE perdure.jobs SET state = 'running' WHERE namespace = %s", (namespace,))
+            time.sleep(0.3)  # running is not finished either
+            conn.execute("UPDATE perdure.jobs SET finished_at = now(), state = CASE WHEN id IN ("
+                         "SELECT id FROM perdure.jobs WHERE namespace = %s LIMIT %s) THEN 'dead' ELSE 'success' END "
+                         "WHERE namespace = %s", (namespace, dead, namespace))
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_wait_drained__waits_for_every_job_and_returns_when_the_last_finished(database_url, db) -> None:
+    from bench import harness
+
+    _insert_pending(db, "drained", 3)
+    thread = _finish_later(database_url, "drained", dead=0)
+    finished = harness.wait_drained(database_url, "drained", 3, poll=0.01)
+    thread.join()
+    last = db.execute("SELECT extract(epoch FROM max(finished_at))::float8 FROM perdure.jobs").fetchone()
+    assert last is not None and finished == last[0]
+
+
+def test_wait_drained__refuses_a_drain_where_a_job_did_not_succeed(database_url, db) -> None:
+    from bench import harness
+
+    _insert_pending(db, "drained", 3)
+    thread = _finish_later(database_url, "drained", dead=1)
+    with pytest.raises(RuntimeError, match="2 of 3 jobs succeeded in drained"):
+        harness.wait_drained(database_url, "drained", 3, poll=0.01)
+    thread.join()
