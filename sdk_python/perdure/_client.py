@@ -233,21 +233,22 @@ class Perdure:
             raise ValueError("enqueue_many gives every job the same options: an idempotency_key would make them one job")
         if current_context() is not None:
             raise PerdureError("enqueue_many is not for handlers: spawn children one call at a time (each a checkpoint)")
-        trace_context = _tracing.current_context()
+        # The options, sent once per batch; each job carries its payload and its id (chosen
+        # here, so that a batch sent again after a lost answer stores no job twice).
+        common = checked.request(namespace=self.namespace, name=name, payload=None)
+        common.trace_context.update(_tracing.current_context())
         requests = []
         for call in calls:
             if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
                 raise TypeError(f"each call is a sequence of positional arguments, e.g. (to, subject); got {call!r}")
-            request = checked.request(namespace=self.namespace, name=name,
-                                      payload=_serde.encode_call(name, tuple(call), {}))
-            request.trace_context.update(trace_context)
-            request.id = str(new_job_id())
-            requests.append(request)
+            requests.append(jobs_pb2.EnqueueRequest(id=str(new_job_id()),
+                                                    payload=_serde.encode_call(name, tuple(call), {})))
         in_flight = asyncio.Semaphore(ENQUEUE_BATCHES_IN_FLIGHT)
 
         async def send(batch: list[jobs_pb2.EnqueueRequest]) -> list[JobHandle]:
             async with in_flight:
-                response = await self._call_retrying("EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch, brief=True))
+                response = await self._call_retrying(
+                    "EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch, brief=True, common=common))
             return [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
 
         sends = [asyncio.ensure_future(send(requests[start:start + ENQUEUE_BATCH]))

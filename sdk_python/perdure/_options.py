@@ -79,7 +79,7 @@ class JobOptions:
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
-    def request(self, *, namespace: str, name: str, payload: types_pb2.Payload,
+    def request(self, *, namespace: str, name: str, payload: types_pb2.Payload | None,
                 parent_id: str | None = None) -> jobs_pb2.EnqueueRequest:
         retry = types_pb2.RetryPolicy(backoff=BACKOFFS.get(self.backoff or "", types_pb2.BACKOFF_UNSPECIFIED))
         if self.max_attempts is not None:

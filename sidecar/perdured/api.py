@@ -94,16 +94,13 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                            context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueBatchResponse:
         if len(request.jobs) > MAX_BATCH:
             raise InvalidArgument("jobs", f"has {len(request.jobs)} jobs; at most {MAX_BATCH} per call")
-        jobs = []
-        for index, item in enumerate(request.jobs):
-            try:
-                jobs.append(validation.enqueue_request(item, self.max_payload_bytes))
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"jobs[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
-        results = await self.scheduler.enqueue_batch(jobs, brief=request.brief) if jobs else []
-        answer = convert.brief_job if request.brief else convert.job
+        jobs = validation.enqueue_batch_request(request, self.max_payload_bytes)
+        results = await self.scheduler.enqueue_batch(jobs, brief=request.brief) if len(jobs) else []
+        rows = [row for row, _ in results]
+        answers = convert.brief_jobs(rows) if request.brief else [convert.job(row) for row in rows]
         return jobs_pb2.EnqueueBatchResponse(results=[
-            jobs_pb2.EnqueueResponse(job=answer(row), deduplicated=deduplicated) for row, deduplicated in results])
+            jobs_pb2.EnqueueResponse(job=job, deduplicated=deduplicated)
+            for job, (_, deduplicated) in zip(answers, results, strict=True)])
 
     @_errors_as_status
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:

@@ -170,10 +170,18 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
     return message
 
 
-def brief_job(row: dict[str, Any]) -> types_pb2.Job:
-    """A job in brief (EnqueueBatchRequest.brief): from store.BRIEF_JOB_COLUMNS."""
-    return types_pb2.Job(id=str(row["id"]), namespace=row["namespace"], name=row["name"],
-                         state=STATES[row["state"]], run_at=timestamp(row["run_at"]))
+def brief_jobs(rows: list[dict[str, Any]]) -> list[types_pb2.Job]:
+    """Jobs in brief (EnqueueBatchRequest.brief): from store.BRIEF_JOB_COLUMNS. The jobs of a
+    batch mostly share their run time (one statement's now()): each is converted once."""
+    stamps: dict[datetime, Timestamp | None] = {}
+    jobs = []
+    for row in rows:
+        run_at = row["run_at"]
+        if (stamp := stamps.get(run_at)) is None:
+            stamp = stamps[run_at] = timestamp(run_at)
+        jobs.append(types_pb2.Job(id=str(row["id"]), namespace=row["namespace"], name=row["name"],
+                                  state=STATES[row["state"]], run_at=stamp))
+    return jobs
 
 
 def event(value: JobEvent) -> jobs_pb2.JobEvent:

@@ -87,10 +87,13 @@ class Metrics:
               name: str = "", n: int = 1) -> None:
         """Count `event` once per row (each with a namespace and name), or `n` times for one function."""
         minute = datetime.now(UTC).replace(second=0, microsecond=0)
-        pairs = [(str(r["namespace"]), str(r["name"])) for r in rows] if rows is not None else [(namespace, name)] * n
-        for key in pairs:
-            self._events[event].labels(*key).inc()
-            self._activity[(*key, minute, event)] += 1
+        counts = Tally((str(r["namespace"]), str(r["name"])) for r in rows) if rows is not None \
+            else Tally({(namespace, name): n})
+        for key, count in counts.items():  # a batch is mostly of one function: one increment each
+            if count <= 0:
+                continue
+            self._events[event].labels(*key).inc(count)
+            self._activity[(*key, minute, event)] += count
 
     def take_activity(self) -> list[dict[str, object]]:
         """The counts gathered since the last call, one row per function and minute (in key order,

@@ -9,9 +9,11 @@
 -- A job given a worker_id starts at once on that worker of this sidecar (as a claim would),
 -- unless flow control applies to it (a concurrency key, or its function is controlled: see
 -- 0009_flow_control.sql); then it waits for a claim. A key makes its function controlled.
--- The rows to insert, `n`, are unnest() of one array per column for a batch, or VALUES of
--- plain parameters for a single job (cheaper to send and to plan): store.py fills in the
--- placeholder below both ways, as "enqueue" and "enqueue_one".
+-- The rows to insert, `n`, are unnest() of one array per column for a batch, VALUES of plain
+-- parameters for a single job (cheaper to send and to plan), or for a batch whose jobs share
+-- their options an array for each job's own (id, payload, key) beside plain parameters for
+-- the rest: store.py fills in the placeholder below the three ways, as "enqueue",
+-- "enqueue_one" and "enqueue_shared".
 WITH new_jobs AS (
     SELECT n.*, coalesce(n.run_at, now() + n.delay) AS runs_at,
            CASE WHEN n.concurrency_key IS NULL AND NOT EXISTS (

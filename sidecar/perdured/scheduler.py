@@ -29,7 +29,7 @@ from perdured.dispatch import Dispatcher, Group, WorkerSession
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.store import Store
-from perdured.validation import InvalidArgument, NewJob
+from perdured.validation import InvalidArgument, JobIdentity, NewJob, SharedJobs, identities
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
@@ -97,11 +97,11 @@ class Scheduler:
                 self._runnable(group)
         return row, deduplicated
 
-    async def enqueue_batch(self, jobs: list[NewJob], *, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
+    async def enqueue_batch(self, jobs: list[NewJob] | SharedJobs, *, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
         hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
         results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
-        for job, (row, _) in zip(jobs, results, strict=True):
+        for job, (row, _) in zip(identities(jobs), results, strict=True):
             _check_same_job(job, row)
         now = datetime.now(UTC)
         for row, deduplicated in results:
@@ -279,7 +279,7 @@ class Scheduler:
                 self._controlled.add((namespace, name))
 
 
-def _check_same_job(job: NewJob, row: dict[str, Any]) -> None:
+def _check_same_job(job: NewJob | JobIdentity, row: dict[str, Any]) -> None:
     """A caller-chosen id that was already stored must be this job's own earlier try."""
     if row["id"] == job.id and (row["namespace"], row["name"]) != (job.namespace, job.name):
         raise InvalidArgument("id", f"{job.id} is the id of another job")

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from perdured.logs import log
 from perdured.metrics import Metrics
-from perdured.validation import FunctionLimits, JobFilter, NewJob
+from perdured.validation import OWN_FIELDS, FunctionLimits, JobFilter, NewJob, SharedJobs, identities
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
@@ -28,7 +28,7 @@ JOB_COLUMNS = (
     "priority, labels, concurrency_key, start_by, max_duration, deadline_at, trace_context"
 )
 
-# What a brief answer to a batch enqueue needs of each job (convert.brief_job), and the
+# What a brief answer to a batch enqueue needs of each job (convert.brief_jobs), and the
 # scheduler and the metrics after it.
 BRIEF_JOB_COLUMNS = "id, namespace, name, state, run_at"
 
@@ -50,6 +50,15 @@ NEW_JOB_FIELDS = (
 _NEW_JOB_NAMES = ", ".join(name for name, _ in NEW_JOB_FIELDS)
 _NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})b::{t}[]' for n, t in NEW_JOB_FIELDS)}) AS n({_NEW_JOB_NAMES})"
 _NEW_JOB_VALUES = f"(VALUES ({', '.join(f'%({n})s::{t}' for n, t in NEW_JOB_FIELDS)})) AS n({_NEW_JOB_NAMES})"
+# Jobs that share their options (SharedJobs): an array for what is each one's own, plain
+# parameters for the rest, sent and converted once.
+_OWN = [(n, t) for n, t in NEW_JOB_FIELDS if n in (*OWN_FIELDS, "payload_encoding")]
+_COMMON = [(n, t) for n, t in NEW_JOB_FIELDS if (n, t) not in _OWN]
+_NEW_SHARED_JOBS = (
+    f"(SELECT * FROM unnest({', '.join(f'%({n})b::{t}[]' for n, t in _OWN)}) AS own({', '.join(n for n, _ in _OWN)})"
+    f" CROSS JOIN (VALUES ({', '.join(f'%({n})s::{t}' for n, t in _COMMON)})) AS common({', '.join(n for n, _ in _COMMON)})"
+    f") AS n"
+)
 
 
 # Blocks of queries.sql that are parts of others, written in as {name}.
@@ -69,12 +78,14 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
         for fragment in FRAGMENTS:
             sql = sql.replace("{" + fragment + "}", queries[fragment])
         queries[name] = sql.replace("{job_columns}", JOB_COLUMNS).replace("{finished_job_columns}", FINISHED_JOB_COLUMNS)
-    queries["enqueue_one"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOB_VALUES)
-    queries["enqueue"] = queries["enqueue"].replace("{new_jobs}", _NEW_JOBS_ARRAYS)
+    enqueue = queries["enqueue"]
     returning = f"RETURNING {JOB_COLUMNS}, worker_id"
-    if returning not in queries["enqueue"]:
+    if returning not in enqueue:
         raise ValueError(f"queries.sql: enqueue must end its insert with {returning!r} (see enqueue_brief)")
-    queries["enqueue_brief"] = queries["enqueue"].replace(returning, f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
+    for variant, new_jobs in (("enqueue", _NEW_JOBS_ARRAYS), ("enqueue_shared", _NEW_SHARED_JOBS)):
+        queries[variant] = enqueue.replace("{new_jobs}", new_jobs)
+        queries[f"{variant}_brief"] = queries[variant].replace(returning, f"RETURNING {BRIEF_JOB_COLUMNS}, worker_id")
+    queries["enqueue_one"] = enqueue.replace("{new_jobs}", _NEW_JOB_VALUES)
     # Each statement ends with its name, which PostgreSQL keeps with it (pg_stat_statements,
     # pg_stat_activity): an operator can tell which of ours a busy or slow statement is.
     return {name: f"{sql}\n/* perdured:{name} */" for name, sql in queries.items() if name not in FRAGMENTS}
@@ -214,27 +225,33 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str, lease: float,
+    async def enqueue(self, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str, lease: float,
                       brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
         Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`. Brief: the
         rows of new jobs hold BRIEF_JOB_COLUMNS only."""
         return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease, brief=brief)
 
-    async def _enqueue_with(self, run: Runner, jobs: list[NewJob], *, sidecar_id: str,
+    async def _enqueue_with(self, run: Runner, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str,
                             lease: float, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """The enqueue, its statements run by `run`: each its own transaction (`_all`), or all
         within one (`_on(conn)`)."""
-        rows = [_new_job_values(job) for job in jobs]
-        common = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
-        if len(rows) == 1 and not brief:
-            query, params = "enqueue_one", rows[0] | common
+        statement = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
+        if isinstance(jobs, SharedJobs):
+            query = "enqueue_shared_brief" if brief else "enqueue_shared"
+            params = _new_job_values(jobs.common) | statement | {
+                "id": jobs.ids, "payload": jobs.payloads, "payload_encoding": jobs.payload_encodings,
+                "idempotency_key": jobs.idempotency_keys}
+        elif len(jobs) == 1 and not brief:
+            query, params = "enqueue_one", _new_job_values(jobs[0]) | statement
         else:
             query = "enqueue_brief" if brief else "enqueue"
-            params = {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | common
+            rows = [_new_job_values(job) for job in jobs]
+            params = {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | statement
         inserted = {row["id"]: row for row in await run(query, params)}
         self._count_inserted(list(inserted.values()))
-        skipped = [j for j in jobs if j.id not in inserted]
+        jobs_as_sent = identities(jobs)
+        skipped = [job for job in jobs_as_sent if job.id not in inserted]
         if skipped:
             rows = await run("jobs_by_id_or_idempotency_key", {
                 "id": [j.id for j in skipped],
@@ -246,7 +263,7 @@ class Store:
             inserted.update((r["id"], r) for r in rows if r["id"] in skipped_ids)
             by_key = {(r["namespace"], r["idempotency_key"]): r for r in rows}
         results = []
-        for job in jobs:
+        for job in jobs_as_sent:
             if job.id in inserted:
                 results.append((inserted[job.id], False))
             else:

@@ -8,6 +8,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -65,6 +66,44 @@ class NewJob:
     trace_context: dict[str, str] | None = None
     # Set by the scheduler: a worker of this sidecar that starts the job as it is inserted.
     worker_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SharedJobs:
+    """Jobs that share every option of `common` (EnqueueBatchRequest.common) but what is each
+    one's own: its id, payload and idempotency key, one list entry per job. `common` is a job
+    itself (checked once), whose own id, payload and key stand for nothing."""
+
+    common: NewJob
+    ids: list[uuid.UUID]
+    payloads: list[bytes]
+    payload_encodings: list[str]
+    idempotency_keys: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# What a job of a batch with `common` gives itself; every other field comes from `common`.
+OWN_FIELDS = ("payload", "id", "idempotency_key")
+
+
+class JobIdentity(NamedTuple):
+    """What tells a new job from the others: its id, and within its namespace its key."""
+
+    id: uuid.UUID
+    namespace: str
+    name: str
+    idempotency_key: str | None
+
+
+def identities(jobs: list[NewJob] | SharedJobs) -> list[JobIdentity]:
+    """Each job's identity, in order."""
+    if isinstance(jobs, SharedJobs):
+        namespace, name = jobs.common.namespace, jobs.common.name
+        return [JobIdentity(job_id, namespace, name, key) for job_id, key in zip(jobs.ids, jobs.idempotency_keys,
+                                                                                    strict=True)]
+    return [JobIdentity(job.id, job.namespace, job.name, job.idempotency_key) for job in jobs]
 
 
 def namespace(value: str, field: str = "namespace") -> str:
@@ -185,6 +224,39 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
         timeout=round(seconds(request.timeout, "timeout", allow_zero=False), 3) if request.HasField("timeout") else DEFAULT_TIMEOUT,
         delay=round(seconds(request.delay, "delay"), 3) if request.HasField("delay") else 0.0,
     )
+
+
+def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_bytes: int) -> list[NewJob] | SharedJobs:
+    """The jobs of a batch, each checked as an EnqueueRequest of its own; with `common`, its
+    options are checked once and each job for what is its own. A failure names the job."""
+    if not request.HasField("common"):
+        return [_within(f"jobs[{index}]", item, max_payload_bytes)
+                for index, item in enumerate(request.jobs)]
+    for descriptor, _ in request.common.ListFields():
+        if descriptor.name in OWN_FIELDS:
+            raise InvalidArgument(f"common.{descriptor.name}", "is each job's own: give it in jobs[], not in common")
+    common = _within("common", request.common, max_payload_bytes)
+    ids, payloads, encodings, keys = [], [], [], []
+    for index, item in enumerate(request.jobs):
+        for descriptor, _ in item.ListFields():
+            if descriptor.name not in OWN_FIELDS:
+                raise InvalidArgument(f"jobs[{index}].{descriptor.name}",
+                                      "comes from common: with common, a job gives only its payload, id and "
+                                      "idempotency_key")
+        data, encoding = payload(item.payload, max_payload_bytes, f"jobs[{index}].payload")
+        ids.append(job_id(item.id, f"jobs[{index}].id") if item.id else new_job_id())
+        payloads.append(data)
+        encodings.append(encoding)
+        keys.append(text(item.idempotency_key, f"jobs[{index}].idempotency_key") or None)
+    return SharedJobs(common, ids, payloads, encodings, keys)
+
+
+def _within(prefix: str, item: jobs_pb2.EnqueueRequest, max_payload_bytes: int) -> NewJob:
+    """enqueue_request(item), a failure naming its field within `prefix` (e.g. jobs[7].name)."""
+    try:
+        return enqueue_request(item, max_payload_bytes)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{prefix}.{exc.field}", str(exc).split(": ", 1)[1]) from None
 
 
 MAX_TRACE_ENTRIES, MAX_TRACE_TEXT = 8, 512

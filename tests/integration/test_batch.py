@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import psycopg
@@ -117,3 +118,90 @@ async def test_enqueue_batch__brief_answers_each_job_with_its_identity_and_state
                                  state=types_pb2.JOB_STATE_PENDING, run_at=result.job.run_at)
         assert result.job == expected and result.job.HasField("run_at")
     assert stored.job.run_at == new.job.run_at and stored.job.payload.data == b'{"args": [1]}'
+
+
+def _payload(n: int) -> types_pb2.Payload:
+    return types_pb2.Payload(data=b'{"args": [%d]}' % n, encoding="json")
+
+
+def _options(request: jobs_pb2.EnqueueRequest) -> jobs_pb2.EnqueueRequest:
+    """Every option a caller may give, none of them a job's own."""
+    request.namespace, request.name, request.priority = "shared", "batch:common", 9
+    request.retry.max_attempts, request.retry.backoff, request.retry.jitter = 4, types_pb2.BACKOFF_FIXED, 0.5
+    request.retry.initial_delay.FromSeconds(2)
+    request.retry.max_delay.FromSeconds(20)
+    request.timeout.FromSeconds(7)
+    request.delay.FromSeconds(600)
+    request.start_within.FromSeconds(900)
+    request.max_duration.FromSeconds(3600)
+    request.labels["tenant"] = "acme"
+    request.concurrency_key = "account-1"
+    request.trace_context["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    request.parent_id = "0190a0a0-0000-7000-8000-000000000001"
+    return request
+
+
+async def test_enqueue_batch__common_options_apply_to_every_job_as_if_each_had_set_them(sidecar) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    from perdure._ids import new_job_id
+
+    own_id = str(new_job_id())
+    shared = jobs_pb2.EnqueueBatchRequest(common=_options(jobs_pb2.EnqueueRequest()), jobs=[
+        jobs_pb2.EnqueueRequest(payload=_payload(0)),
+        jobs_pb2.EnqueueRequest(payload=_payload(1), id=own_id),
+        jobs_pb2.EnqueueRequest(payload=_payload(2), idempotency_key="k2"),
+        jobs_pb2.EnqueueRequest(payload=_payload(3), idempotency_key="k2"),  # the same job as the one before
+    ])
+    # The same jobs, each with every option of its own.
+    each = jobs_pb2.EnqueueBatchRequest(jobs=[_options(jobs_pb2.EnqueueRequest(payload=_payload(n), idempotency_key=key))
+                                              for n, key in ((0, ""), (1, ""), (2, "e2"), (3, "e2"))])
+
+    def stored(job: types_pb2.Job) -> dict[str, object]:
+        """The job as stored, without what differs between two enqueues of it."""
+        figures = MessageToDict(job)
+        for volatile in ("id", "createdAt", "runAt", "startBy", "idempotencyKey"):
+            figures.pop(volatile, None)
+        return figures
+
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        answer = await jobs.EnqueueBatch(shared)
+        again = await jobs.EnqueueBatch(shared)  # as after a lost answer
+        expected = await jobs.EnqueueBatch(each)
+        listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest(namespace="shared"))
+    assert [r.deduplicated for r in answer.results] == [False, False, False, True]
+    assert answer.results[1].job.id == own_id and answer.results[3].job.id == answer.results[2].job.id
+    # Sent again, the jobs with an id or a key are the ones stored; the first, without, is new.
+    assert [r.job.id for r in again.results][1:] == [r.job.id for r in answer.results][1:]
+    assert again.results[0].job.id != answer.results[0].job.id
+    assert len(listed.jobs) == 7  # three of each way, and the first again
+    assert [stored(r.job) for r in answer.results] == [stored(r.job) for r in expected.results]
+    assert answer.results[0].job.retry.max_attempts == 4 and answer.results[0].job.labels == {"tenant": "acme"}
+    assert [json.loads(r.job.payload.data)["args"] for r in answer.results] == [[0], [1], [2], [2]]
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    (lambda r: setattr(r.jobs[1], "priority", 3), "jobs[1].priority: comes from common"),
+    (lambda r: r.jobs[2].labels.update({"a": "b"}), "jobs[2].labels: comes from common"),
+    (lambda r: r.common.payload.CopyFrom(_payload(1)), "common.payload: is each job's own"),
+    (lambda r: setattr(r.common, "id", "0190a0a0-0000-7000-8000-000000000002"), "common.id: is each job's own"),
+    (lambda r: setattr(r.common, "idempotency_key", "k"), "common.idempotency_key: is each job's own"),
+    (lambda r: setattr(r.common, "name", ""), "common.name: must not be empty"),
+    (lambda r: setattr(r.common, "priority", 5000), "common.priority: must be between"),
+    (lambda r: r.jobs[2].payload.CopyFrom(types_pb2.Payload(data=b"{", encoding="json")), "jobs[2].payload.data: "),
+    (lambda r: setattr(r.jobs[0], "id", "not-an-id"), "jobs[0].id: 'not-an-id' is not a job id"),
+    (lambda r: setattr(r.jobs[1], "idempotency_key", "x" * 256), "jobs[1].idempotency_key: is 256 characters"),
+])
+async def test_enqueue_batch__with_common_a_bad_job_or_common_is_named_and_nothing_is_stored(
+        sidecar, database_url, change, refusal) -> None:
+    request = jobs_pb2.EnqueueBatchRequest(common=jobs_pb2.EnqueueRequest(name="batch:common"),
+                                           jobs=[jobs_pb2.EnqueueRequest(payload=_payload(n)) for n in range(3)])
+    change(request)
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await jobs_pb2_grpc.JobsStub(channel).EnqueueBatch(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith(refusal), raised.value.details()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM perdure.jobs").fetchone()[0] == 0

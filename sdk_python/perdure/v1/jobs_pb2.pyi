@@ -376,6 +376,7 @@ class EnqueueBatchRequest(_message.Message):
 
     JOBS_FIELD_NUMBER: _builtins.int
     BRIEF_FIELD_NUMBER: _builtins.int
+    COMMON_FIELD_NUMBER: _builtins.int
     brief: _builtins.bool
     """Answer each job in brief: its id, namespace, name, state and run_at only, not the payload
     and options the caller sent (converting and sending them back costs the sidecar more than
@@ -383,15 +384,26 @@ class EnqueueBatchRequest(_message.Message):
     """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnqueueRequest]: ...
+    @_builtins.property
+    def common(self) -> Global___EnqueueRequest:
+        """The options the jobs share, sent once rather than with every job, which makes a large batch
+        cheaper to send and to check. When set, each job gives only what is its own: its payload
+        and, if it chooses them, its id and idempotency_key; every other field (namespace, name,
+        retry, timeout, priority, labels, ...) comes from here, as each job had set it. A job that
+        sets another field is refused ("jobs[7].priority: ..."), and so is a `common` that sets
+        one of the three ("common.payload: ...").
+        """
+
     def __init__(
         self,
         *,
         jobs: _abc.Iterable[Global___EnqueueRequest] | None = ...,
         brief: _builtins.bool = ...,
+        common: Global___EnqueueRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["common", b"common"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brief", b"brief", "jobs", b"jobs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brief", b"brief", "common", b"common", "jobs", b"jobs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -114,6 +114,7 @@ class JobsServicer:
     def EnqueueBatch(self, request, context):
         """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
         (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+        Jobs that share their options can send them once, in `common`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,6 +36,7 @@ class JobsStub:
     EnqueueBatch: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueBatchRequest, _jobs_pb2.EnqueueBatchResponse]
     """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
     (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+    Jobs that share their options can send them once, in `common`.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]
     """One job with its whole attempt history. NOT_FOUND outside its namespace."""
@@ -82,6 +83,7 @@ class JobsAsyncStub(JobsStub):
     EnqueueBatch: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueBatchRequest, _jobs_pb2.EnqueueBatchResponse]  # type: ignore[assignment]
     """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
     (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+    Jobs that share their options can send them once, in `common`.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _jobs_pb2.GetJobResponse]  # type: ignore[assignment]
     """One job with its whole attempt history. NOT_FOUND outside its namespace."""
@@ -137,6 +139,7 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.EnqueueBatchResponse, _abc.Awaitable[_jobs_pb2.EnqueueBatchResponse]]:
         """Stores many jobs in one statement and one commit: all of them, or none if one is invalid
         (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+        Jobs that share their options can send them once, in `common`.
         """
 
     @_abc_1.abstractmethod

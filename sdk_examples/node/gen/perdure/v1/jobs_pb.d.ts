@@ -313,6 +313,18 @@ export declare type EnqueueBatchRequest = Message<"perdure.v1.EnqueueBatchReques
    * @generated from field: bool brief = 2;
    */
   brief: boolean;
+
+  /**
+   * The options the jobs share, sent once rather than with every job, which makes a large batch
+   * cheaper to send and to check. When set, each job gives only what is its own: its payload
+   * and, if it chooses them, its id and idempotency_key; every other field (namespace, name,
+   * retry, timeout, priority, labels, ...) comes from here, as each job had set it. A job that
+   * sets another field is refused ("jobs[7].priority: ..."), and so is a `common` that sets
+   * one of the three ("common.payload: ...").
+   *
+   * @generated from field: perdure.v1.EnqueueRequest common = 3;
+   */
+  common?: EnqueueRequest | undefined;
 };
 
 /**
@@ -1004,6 +1016,7 @@ export declare const Jobs: GenService<{
   /**
    * Stores many jobs in one statement and one commit: all of them, or none if one is invalid
    * (INVALID_ARGUMENT names it, e.g. "jobs[7].name: ..."). At most 10,000 jobs per call.
+   * Jobs that share their options can send them once, in `common`.
    *
    * @generated from rpc perdure.v1.Jobs.EnqueueBatch
    */
