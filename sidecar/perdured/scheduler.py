@@ -63,8 +63,10 @@ class Scheduler:
         # groups whose functions have not been looked up yet.
         self._controlled: set[tuple[str, str]] = set()
         self._unchecked: set[Group] = set()
-        # Group commit: concurrent Enqueue calls share one INSERT and one commit.
-        self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(self._insert)
+        # Group commit: concurrent Enqueue calls share one INSERT and one commit, one insert at
+        # a time: under load the calls that arrive during an insert all go in the next, which
+        # costs both ends less than inserts side by side (a lone call is inserted at once).
+        self._enqueuer: Batcher[NewJob, tuple[dict[str, Any], bool]] = Batcher(self._insert, max_concurrent=1)
         dispatcher.on_capacity = self._on_capacity
         dispatcher.on_worker_joined = self._on_worker_joined
 
