@@ -37,6 +37,13 @@ RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "res
 FREES_SLOT = frozenset({"succeeded", "dead", "cancelled"})
 ANNOUNCED_LIMIT = 10_000
 LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried again
+# PostgreSQL's statistics of the jobs table date from its last ANALYZE, usually taken when
+# few jobs were runnable. After a large enqueue (a backlog of a new function, say) the planner
+# would go on believing so, and claims would read and sort the whole backlog until autovacuum
+# looks again, a minute or more later. So after ANALYZE_AFTER jobs enqueued through this
+# sidecar, it runs ANALYZE itself, one at a time and at most once every ANALYZE_INTERVAL seconds.
+ANALYZE_AFTER, ANALYZE_INTERVAL = 10_000, 10.0
+
 # The most slots one claim offers: a worker with thousands of free slots is filled by several
 # claims in a row, so that no statement, result or buffer grows with a worker's concurrency.
 CLAIM_LIMIT = 512
@@ -63,6 +70,9 @@ class Scheduler:
         # groups whose functions have not been looked up yet.
         self._controlled: set[tuple[str, str]] = set()
         self._unchecked: set[Group] = set()
+        self._enqueued_since_analyze = 0
+        self._analyzed_at = -ANALYZE_INTERVAL
+        self._analyzing: asyncio.Task[None] | None = None
         # Group commit: concurrent Enqueue calls share one INSERT and one commit, one insert at
         # a time: under load the calls that arrive during an insert all go in the next, which
         # costs both ends less than inserts side by side (a lone call is inserted at once).
@@ -103,6 +113,7 @@ class Scheduler:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
         hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
         results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
+        self._inserted(len(results))
         for job, (row, _) in zip(identities(jobs), results, strict=True):
             _check_same_job(job, row)
         now = datetime.now(UTC)
@@ -128,7 +139,25 @@ class Scheduler:
         return None
 
     async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
-        return await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
+        results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
+        self._inserted(len(results))
+        return results
+
+    def _inserted(self, count: int) -> None:
+        """Jobs were enqueued: after many, refresh the statistics (see ANALYZE_AFTER)."""
+        self._enqueued_since_analyze += count
+        now = asyncio.get_running_loop().time()
+        if self._enqueued_since_analyze < ANALYZE_AFTER or now - self._analyzed_at < ANALYZE_INTERVAL \
+                or (self._analyzing is not None and not self._analyzing.done()):
+            return
+        self._enqueued_since_analyze, self._analyzed_at = 0, now
+        self._analyzing = asyncio.create_task(self._analyze())
+
+    async def _analyze(self) -> None:
+        try:
+            await self.store.analyze_jobs()
+        except psycopg.Error as exc:  # a missed refresh only leaves it to autovacuum
+            log.warning("statistics.analyze_failed", error=str(exc))
 
     def on_event(self, event: JobEvent) -> None:
         if (group := self.dispatcher.serves(event.namespace, event.name)) is None:

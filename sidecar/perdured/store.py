@@ -282,6 +282,9 @@ class Store:
             lag = (row["claimed_at"] - row["run_at"]).total_seconds() if row.get("claimed_at") else 0.0
             self.metrics.scheduling_lag.labels(row["namespace"], row["name"]).observe(max(lag, 0.0))
 
+    async def analyze_jobs(self) -> None:
+        await self._all("analyze_jobs", {})
+
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         rows = await self._all("get_job", {"id": job_id, "namespace": namespace})
         return rows[0] if rows else None
