@@ -29,7 +29,7 @@ from perdured.dispatch import Dispatcher, Group, WorkerSession
 from perdured.events import JobEvent
 from perdured.logs import log
 from perdured.store import Store
-from perdured.validation import InvalidArgument, JobIdentity, NewJob, SharedJobs, identities
+from perdured.validation import InvalidArgument, NewJob, SharedJobs
 
 # Events after which a job is pending (now or at run_at).
 RUNNABLE = frozenset({"enqueued", "attempt_failed", "retried", "suspended", "resumed"})
@@ -94,7 +94,6 @@ class Scheduler:
         finally:
             if worker is not None:
                 worker.reserved -= 1
-        _check_same_job(job, row)
         if job.worker_id is not None and row["state"] == "running" and row.get("worker_id") == job.worker_id \
                 and not deduplicated:  # started by this very insert (not an earlier try of it)
             self.dispatcher.assign(row)
@@ -112,10 +111,8 @@ class Scheduler:
     async def enqueue_batch(self, jobs: list[NewJob] | SharedJobs, *, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
         hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
-        results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
+        results = await self.store.enqueue_batch(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
         self._inserted(len(results))
-        for job, (row, _) in zip(identities(jobs), results, strict=True):
-            _check_same_job(job, row)
         now = datetime.now(UTC)
         for row, deduplicated in results:
             if deduplicated or (group := self.dispatcher.serves(row["namespace"], row["name"])) is None:
@@ -138,7 +135,7 @@ class Scheduler:
                 return None if session.group in self._waiting else session
         return None
 
-    async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool]]:
+    async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
         results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
         self._inserted(len(results))
         return results
@@ -308,12 +305,6 @@ class Scheduler:
             namespace, names = self._unchecked.pop()
             for name in await self.store.controlled_functions(namespace, sorted(names)):
                 self._controlled.add((namespace, name))
-
-
-def _check_same_job(job: NewJob | JobIdentity, row: dict[str, Any]) -> None:
-    """A caller-chosen id that was already stored must be this job's own earlier try."""
-    if row["id"] == job.id and (row["namespace"], row["name"]) != (job.namespace, job.name):
-        raise InvalidArgument("id", f"{job.id} is the id of another job")
 
 
 def _taking_turns(free: dict[str, int]) -> Iterator[str]:

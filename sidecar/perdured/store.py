@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from perdured.logs import log
 from perdured.metrics import Metrics
-from perdured.validation import OWN_FIELDS, FunctionLimits, JobFilter, NewJob, SharedJobs, identities
+from perdured.validation import OWN_FIELDS, FunctionLimits, InvalidArgument, JobFilter, NewJob, SharedJobs, identities
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
@@ -225,15 +225,25 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    async def enqueue(self, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str, lease: float,
-                      brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
-        """Insert jobs in one statement (one commit); returns (row, deduplicated) per job, in order.
-        Jobs with a worker_id start at once on that worker of sidecar `sidecar_id`. Brief: the
-        rows of new jobs hold BRIEF_JOB_COLUMNS only."""
-        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease, brief=brief)
+    async def enqueue(self, jobs: list[NewJob], *, sidecar_id: str,
+                      lease: float) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
+        """Insert the jobs of several callers in one statement (one commit); returns, per job in
+        order, (row, deduplicated), or the refusal of a job whose id is another job's (the
+        others are stored). Jobs with a worker_id start at once on that worker of sidecar
+        `sidecar_id`."""
+        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease)
+
+    async def enqueue_batch(self, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str, lease: float,
+                            brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
+        """Insert one caller's jobs in one transaction: all of them, or none when one's id is
+        another job's (InvalidArgument). Returns (row, deduplicated) per job, in order. Brief:
+        the rows of new jobs hold BRIEF_JOB_COLUMNS only."""
+        async with self._transaction() as conn:
+            return _all_or_none(await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease,
+                                                         brief=brief))
 
     async def _enqueue_with(self, run: Runner, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str,
-                            lease: float, brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
+                            lease: float, brief: bool = False) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
         """The enqueue, its statements run by `run`: each its own transaction (`_all`), or all
         within one (`_on(conn)`)."""
         statement = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
@@ -259,15 +269,18 @@ class Store:
                 "idempotency_key": [j.idempotency_key for j in skipped if j.idempotency_key],
             })
             skipped_ids = {j.id for j in skipped}
-            # Ours, from a first try whose commit went through although its answer was lost.
+            # By its id: ours, from a first try whose commit went through although its answer
+            # was lost, or another job's (refused below).
             inserted.update((r["id"], r) for r in rows if r["id"] in skipped_ids)
             by_key = {(r["namespace"], r["idempotency_key"]): r for r in rows}
-        results = []
+        results: list[tuple[dict[str, Any], bool] | InvalidArgument] = []
         for job in jobs_as_sent:
-            if job.id in inserted:
-                results.append((inserted[job.id], False))
-            else:
+            if (row := inserted.get(job.id)) is None:
                 results.append((by_key[(job.namespace, job.idempotency_key)], True))
+            elif (row["namespace"], row["name"]) != (job.namespace, job.name):
+                results.append(InvalidArgument("id", f"{job.id} is the id of another job"))
+            else:
+                results.append((row, False))
         return results
 
     def _count_inserted(self, rows: list[dict[str, Any]]) -> None:
@@ -554,7 +567,8 @@ class Store:
             rows = cast(list[dict[str, Any]], await cursor.fetchall())
             plans = [(row, plan(row)) for row in rows]
             jobs = [job for _, ticks in plans for job in ticks.jobs]
-            results = await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease) if jobs else []
+            results = _all_or_none(await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease)
+                                   if jobs else [])
             fired, advanced, position = [], [], 0
             for row, ticks in plans:
                 enqueued = results[position:position + len(ticks.jobs)]
@@ -623,6 +637,14 @@ class Store:
 
 
 Runner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+
+
+def _all_or_none(results: list[tuple[dict[str, Any], bool] | InvalidArgument]) -> list[tuple[dict[str, Any], bool]]:
+    """The results of an enqueue in a transaction, or its first refusal raised (rolling it back)."""
+    for result in results:
+        if isinstance(result, InvalidArgument):
+            raise result
+    return cast(list[tuple[dict[str, Any], bool]], results)
 
 
 def _on(conn: psycopg.AsyncConnection[Any]) -> Runner:

@@ -95,6 +95,16 @@ async def test_enqueue_with_its_own_id__repeated_returns_the_same_job_and_a_take
             await jobs.Enqueue(request("ids:other"))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert raised.value.details() == f"id: {job_id} is the id of another job"
+        # In a batch too, with or without common options: the whole batch is refused.
+        other = jobs_pb2.EnqueueRequest(name="ids:other", payload=_payload(0))
+        for batch in (jobs_pb2.EnqueueBatchRequest(jobs=[other, request("ids:other")]),
+                      jobs_pb2.EnqueueBatchRequest(common=jobs_pb2.EnqueueRequest(name="ids:other"), jobs=[
+                          jobs_pb2.EnqueueRequest(payload=_payload(0)),
+                          jobs_pb2.EnqueueRequest(id=job_id, payload=_payload(1))])):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await jobs.EnqueueBatch(batch)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details() == f"id: {job_id} is the id of another job"
         listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
     assert [job.id for job in listed.jobs] == [job_id]
 
