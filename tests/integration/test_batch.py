@@ -215,3 +215,20 @@ async def test_enqueue_batch__with_common_a_bad_job_or_common_is_named_and_nothi
     assert raised.value.details().startswith(refusal), raised.value.details()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM perdure.jobs").fetchone()[0] == 0
+
+
+async def test_enqueues_committed_together__a_taken_id_refuses_only_its_own_caller(sidecar, database_url) -> None:
+    from perdure._ids import new_job_id
+
+    taken = str(new_job_id())
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        jobs = jobs_pb2_grpc.JobsStub(channel)
+        await jobs.Enqueue(jobs_pb2.EnqueueRequest(id=taken, name="ids:one", payload=_payload(0)))
+        # Sent at once, they share inserts (group commit): the one with the taken id among them.
+        requests = [jobs_pb2.EnqueueRequest(name="ids:two", payload=_payload(n)) for n in range(8)]
+        requests[5].id = taken
+        answers = await asyncio.gather(*(jobs.Enqueue(r) for r in requests), return_exceptions=True)
+    refused = [n for n, answer in enumerate(answers) if isinstance(answer, grpc.aio.AioRpcError)]
+    assert refused == [5] and answers[5].details() == f"id: {taken} is the id of another job"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM perdure.jobs WHERE name = 'ids:two'").fetchone()[0] == 7
