@@ -1,0 +1,151 @@
+"""How PostgreSQL plans the sidecar's statements.
+
+Claims stay cheap after a large enqueue, whatever PostgreSQL's statistics say: the claimed
+jobs are found by primary key, and a sidecar that enqueued many jobs refreshes the statistics
+itself (scheduler.ANALYZE_AFTER) rather than wait for autovacuum. The statements run for every
+job are planned once per connection (store.GENERIC_PLANS), and those plans read by index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+import perdure as sdk
+from perdured.backoff import RetryPolicy
+from perdured.scheduler import ANALYZE_AFTER
+from perdured.store import GENERIC_PLANS, QUERIES, Outcome, Store
+from perdured.validation import JobFilter, NewJob
+
+NEW_JOB = ("INSERT INTO perdure.jobs (id, namespace, name, state, payload, payload_encoding, max_attempts, backoff, "
+           "initial_delay, max_delay, jitter, timeout, run_at, finished_at) "
+           "SELECT gen_random_uuid(), %s, 'plans:noop', %s, '', 'json', 1, 'fixed', '1 s', '1 s', 0, '1 s', now(), "
+           "CASE WHEN %s = 'success' THEN now() END FROM generate_series(1, %s)")
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def test_claim__finds_its_jobs_by_primary_key_with_statistics_from_before_a_backlog(db) -> None:
+    db.execute("ALTER TABLE perdure.jobs SET (autovacuum_enabled = false)")  # the statistics stay as taken
+    db.execute(NEW_JOB, ("history", "success", "success", 20_000))
+    db.execute("ANALYZE perdure.jobs")  # a moment when no job was runnable
+    db.execute(NEW_JOB, ("backlog", "pending", "pending", 5_000))
+    params = {"names": ["plans:noop"], "namespace": "backlog", "slots": ["worker"] * 256,
+              "lease": timedelta(seconds=30), "sidecar_id": "sidecar"}
+    with db.transaction(force_rollback=True):
+        (plan,) = db.execute("EXPLAIN (FORMAT JSON) " + QUERIES["claim"], params).fetchone()[0]
+    update = next(node for node in _nodes(plan["Plan"]) if node.get("Operation") == "Update")
+    reads = [(node["Node Type"], node.get("Index Name")) for node in _nodes(update)
+             if node.get("Alias") == "j" and "Scan" in node["Node Type"]]
+    assert reads == [("Index Scan", "jobs_pkey")], json.dumps(update, indent=1)[:3000]
+
+
+async def test_a_large_enqueue__has_the_sidecar_refresh_the_statistics(sidecar, database_url) -> None:
+    def analyses() -> int:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT analyze_count FROM pg_stat_user_tables "
+                               "WHERE schemaname = 'perdure' AND relname = 'jobs'").fetchone()
+            return int(row[0]) if row else 0
+
+    async with sdk.Perdure(address=sidecar.address, namespace="plans") as client:
+        await client.enqueue_many("plans:noop", [() for _ in range(ANALYZE_AFTER - 1)])
+        await asyncio.sleep(1)
+        assert analyses() == 0  # not yet: fewer jobs than that are no reason
+        await client.enqueue("plans:noop")
+        async with asyncio.timeout(30):
+            while analyses() == 0:
+                await asyncio.sleep(0.1)
+
+
+def _numbered(sql: str) -> str:
+    """A statement with psycopg's %(name)s placeholders as PostgreSQL's $1, $2, ..."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return re.sub(r"%\((\w+)\)[sb]", number, sql)
+
+
+def test_statements_planned_once__read_the_tables_by_index(db) -> None:
+    """A generic plan cannot see the values it will run with: each must still find its rows by
+    index among many (a statement whose generic plan reads a whole table is left out)."""
+    if db.info.server_version < 160000:
+        pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16")
+    db.execute(NEW_JOB, ("history", "success", "success", 30_000))
+    db.execute(NEW_JOB, ("backlog", "pending", "pending", 30_000))  # in the statistics too
+    db.execute("INSERT INTO perdure.attempts (job_id, number, sidecar_id, outcome, ended_at) "
+               "SELECT id, 1, 'sidecar', 'succeeded', now() FROM perdure.jobs WHERE state = 'success'")
+    db.execute("INSERT INTO perdure.steps (job_id, name, status, attempt) "
+               "SELECT id, 'step', 'succeeded', 1 FROM perdure.jobs WHERE state = 'success'")
+    db.execute("ANALYZE")
+    large = {"jobs", "attempts", "steps"}
+    for name in sorted(GENERIC_PLANS):
+        (plan,) = db.execute("EXPLAIN (GENERIC_PLAN, FORMAT JSON) " + _numbered(QUERIES[name])).fetchone()[0]
+        whole = [node["Relation Name"] for node in _nodes(plan["Plan"])
+                 if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in large]
+        assert not whole, f"{name}: its generic plan reads all of {whole}"
+
+
+async def test_statements_run_for_every_job__are_planned_once_per_connection(database_url) -> None:
+    """Jobs enqueued, claimed and finished one at a time: PostgreSQL, left to choose, would plan
+    each finish anew (an array of one element looks cheaper with its value in sight)."""
+    store = await Store.open(database_url, 1)  # one connection: every statement runs on it
+    try:
+        for _ in range(10):
+            job = NewJob(id=uuid.uuid4(), namespace="plans", name="plans:noop", payload=b"[]",
+                         payload_encoding="json", idempotency_key=None, parent_id=None, retry=RetryPolicy(),
+                         timeout=60, delay=0)
+            await store.enqueue([job], sidecar_id="sidecar", lease=30)
+            (claimed,) = await store.claim("plans", ["plans:noop"], ["worker"], 30, "sidecar")
+            await store.finish([Outcome(claimed["id"], claimed["attempt"], "success", "succeeded",
+                                        result=b"null", result_encoding="json")])
+        async with store.pool.connection() as conn:
+            cursor = await conn.execute("SELECT statement, custom_plans, generic_plans FROM pg_prepared_statements")
+            plans = {name[1]: (row["custom_plans"], row["generic_plans"]) for row in await cursor.fetchall()
+                     if (name := re.search(r"perdured:(\w+)", row["statement"]))}
+        for name in ("enqueue_one", "finish"):
+            custom, generic = plans[name]
+            assert custom == 0 and generic > 0, (name, plans)
+        assert plans["claim"][0] > 0  # its plan depends on its values: PostgreSQL's choice
+    finally:
+        await store.close()
+
+
+async def test_other_statements__keep_postgresqls_choice_of_plan(database_url) -> None:
+    """The connection is set back for a statement not in GENERIC_PLANS, and set again after."""
+    store = await Store.open(database_url, 1)
+
+    async def mode() -> str:
+        async with store.pool.connection() as conn:
+            row = await (await conn.execute("SHOW plan_cache_mode")).fetchone()
+            return str(row["plan_cache_mode"])
+
+    try:
+        assert await mode() == "auto"
+        await store.get_job(uuid.uuid4(), "plans")
+        assert await mode() == "force_generic_plan"
+        await store.list_jobs(JobFilter(namespace="plans"), None, 10)
+        assert await mode() == "auto"
+        await store.enqueue_batch(
+            [NewJob(id=uuid.uuid4(), namespace="plans", name="plans:noop", payload=b"[]", payload_encoding="json",
+                    idempotency_key=None, parent_id=None, retry=RetryPolicy(), timeout=60, delay=0)],
+            sidecar_id="sidecar", lease=30)  # in a transaction: its statements are PostgreSQL's choice
+        assert await mode() == "auto"
+        await store.renew_leases([uuid.uuid4()], 30, "sidecar")
+        assert await mode() == "force_generic_plan"
+    finally:
+        await store.close()
