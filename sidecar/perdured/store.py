@@ -257,7 +257,9 @@ class Store:
         order, (row, deduplicated), or the refusal of a job whose id is another job's (the
         others are stored). Jobs with a worker_id start at once on that worker of sidecar
         `sidecar_id`."""
-        return await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease)
+        results, inserted = await self._enqueue_with(self._all, jobs, sidecar_id=sidecar_id, lease=lease)
+        self._count_inserted(inserted)
+        return results
 
     async def enqueue_batch(self, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str, lease: float,
                             brief: bool = False) -> list[tuple[dict[str, Any], bool]]:
@@ -265,13 +267,18 @@ class Store:
         another job's (InvalidArgument). Returns (row, deduplicated) per job, in order. Brief:
         the rows of new jobs hold BRIEF_JOB_COLUMNS only."""
         async with self._transaction() as conn:
-            return _all_or_none(await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease,
-                                                         brief=brief))
+            results, inserted = await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease,
+                                                         brief=brief)
+            stored = _all_or_none(results)
+        self._count_inserted(inserted)  # committed: none of it, had the batch been refused
+        return stored
 
     async def _enqueue_with(self, run: Runner, jobs: list[NewJob] | SharedJobs, *, sidecar_id: str,
-                            lease: float, brief: bool = False) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
+                            lease: float, brief: bool = False,
+                            ) -> tuple[list[tuple[dict[str, Any], bool] | InvalidArgument], list[dict[str, Any]]]:
         """The enqueue, its statements run by `run`: each its own transaction (`_all`), or all
-        within one (`_on(conn)`)."""
+        within one (`_on(conn)`). Returns the results, and the rows it inserted, for the caller
+        to count once they are committed."""
         statement = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
         if isinstance(jobs, SharedJobs):
             query = "enqueue_shared_brief" if brief else "enqueue_shared"
@@ -285,7 +292,7 @@ class Store:
             rows = [_new_job_values(job) for job in jobs]
             params = {name: [row[name] for row in rows] for name, _ in NEW_JOB_FIELDS} | statement
         inserted = {row["id"]: row for row in await run(query, params)}
-        self._count_inserted(list(inserted.values()))
+        fresh = list(inserted.values())
         jobs_as_sent = identities(jobs)
         skipped = [job for job in jobs_as_sent if job.id not in inserted]
         if skipped:
@@ -307,7 +314,7 @@ class Store:
                 results.append(InvalidArgument("id", f"{job.id} is the id of another job"))
             else:
                 results.append((row, False))
-        return results
+        return results, fresh
 
     def _count_inserted(self, rows: list[dict[str, Any]]) -> None:
         self.metrics.count("enqueued", rows)
@@ -593,11 +600,12 @@ class Store:
             rows = cast(list[dict[str, Any]], await cursor.fetchall())
             plans = [(row, plan(row)) for row in rows]
             jobs = [job for _, ticks in plans for job in ticks.jobs]
-            results = _all_or_none(await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease)
-                                   if jobs else [])
+            results, inserted = await self._enqueue_with(_on(conn), jobs, sidecar_id=sidecar_id, lease=lease) \
+                if jobs else ([], [])
+            stored = _all_or_none(results)
             fired, advanced, position = [], [], 0
             for row, ticks in plans:
-                enqueued = results[position:position + len(ticks.jobs)]
+                enqueued = stored[position:position + len(ticks.jobs)]
                 position += len(ticks.jobs)
                 fired.append(FiredSchedule(row, ticks, enqueued))
                 last = enqueued[-1][0] if enqueued else None
@@ -611,7 +619,8 @@ class Store:
             if advanced:
                 await conn.execute(QUERIES["advance_schedules"],
                                    {column: [a[column] for a in advanced] for column in advanced[0]})
-            return fired
+        self._count_inserted(inserted)
+        return fired
 
     async def next_schedule_in(self) -> float | None:
         """Seconds until the earliest tick of any unpaused schedule (negative: due already)."""
