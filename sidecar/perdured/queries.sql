@@ -51,6 +51,11 @@ WITH new_jobs AS (
 )
 SELECT * FROM inserted
 
+-- jobs_analyzed_within --
+-- Whether the jobs table was analysed (by hand, a sidecar or autovacuum) in the last `within`.
+SELECT coalesce(greatest(last_analyze, last_autoanalyze) > now() - %(within)s, false) AS analyzed
+FROM pg_stat_user_tables WHERE relid = 'perdure.jobs'::regclass
+
 -- analyze_jobs --
 -- Refresh the planner's statistics of jobs after a large enqueue (see Scheduler). Skipped at
 -- once if another ANALYZE or a VACUUM holds the table.

@@ -40,8 +40,10 @@ LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried a
 # PostgreSQL's statistics of the jobs table date from its last ANALYZE, usually taken when
 # few jobs were runnable. After a large enqueue (a backlog of a new function, say) the planner
 # would go on believing so, and claims would read and sort the whole backlog until autovacuum
-# looks again, a minute or more later. So after ANALYZE_AFTER jobs enqueued through this
-# sidecar, it runs ANALYZE itself, one at a time and at most once every ANALYZE_INTERVAL seconds.
+# looks again, a minute or more later. So after hearing of ANALYZE_AFTER jobs enqueued (by any
+# sidecar, or in an application's own transactions), a sidecar runs ANALYZE itself, one at a
+# time, and not if the table was analysed in the last ANALYZE_INTERVAL seconds (by another
+# sidecar that heard the same enqueues, or by autovacuum).
 ANALYZE_AFTER, ANALYZE_INTERVAL = 10_000, 10.0
 
 # The most slots one claim offers: a worker with thousands of free slots is filled by several
@@ -112,7 +114,6 @@ class Scheduler:
         """Store many jobs in one statement and one commit (no start in the insert: a claim
         hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
         results = await self.store.enqueue_batch(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
-        self._inserted(len(results))
         now = datetime.now(UTC)
         for row, deduplicated in results:
             if deduplicated or (group := self.dispatcher.serves(row["namespace"], row["name"])) is None:
@@ -136,27 +137,28 @@ class Scheduler:
         return None
 
     async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
-        results = await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
-        self._inserted(len(results))
-        return results
+        return await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
 
-    def _inserted(self, count: int) -> None:
-        """Jobs were enqueued: after many, refresh the statistics (see ANALYZE_AFTER)."""
-        self._enqueued_since_analyze += count
+    def _heard_enqueued(self) -> None:
+        """A job was enqueued somewhere: after many, refresh the statistics (see ANALYZE_AFTER)."""
+        self._enqueued_since_analyze += 1
+        if self._enqueued_since_analyze < ANALYZE_AFTER:
+            return
         now = asyncio.get_running_loop().time()
-        if self._enqueued_since_analyze < ANALYZE_AFTER or now - self._analyzed_at < ANALYZE_INTERVAL \
-                or (self._analyzing is not None and not self._analyzing.done()):
+        if now - self._analyzed_at < ANALYZE_INTERVAL or (self._analyzing is not None and not self._analyzing.done()):
             return
         self._enqueued_since_analyze, self._analyzed_at = 0, now
         self._analyzing = asyncio.create_task(self._analyze())
 
     async def _analyze(self) -> None:
         try:
-            await self.store.analyze_jobs()
+            await self.store.analyze_jobs(unless_within=ANALYZE_INTERVAL)
         except psycopg.Error as exc:  # a missed refresh only leaves it to autovacuum
             log.warning("statistics.analyze_failed", error=str(exc))
 
     def on_event(self, event: JobEvent) -> None:
+        if event.kind == "enqueued":  # of any function: they share the table
+            self._heard_enqueued()
         if (group := self.dispatcher.serves(event.namespace, event.name)) is None:
             return
         if event.kind in FREES_SLOT and (event.namespace, event.name) in self._controlled:

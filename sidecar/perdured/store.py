@@ -328,8 +328,14 @@ class Store:
             lag = (row["claimed_at"] - row["run_at"]).total_seconds() if row.get("claimed_at") else 0.0
             self.metrics.scheduling_lag.labels(row["namespace"], row["name"]).observe(max(lag, 0.0))
 
-    async def analyze_jobs(self) -> None:
+    async def analyze_jobs(self, *, unless_within: float) -> bool:
+        """ANALYZE the jobs table, unless it was analysed in the last `unless_within` seconds;
+        returns whether it was (or was tried: another ANALYZE or a VACUUM may hold it)."""
+        (row,) = await self._all("jobs_analyzed_within", {"within": timedelta(seconds=unless_within)})
+        if row["analyzed"]:
+            return False
         await self._all("analyze_jobs", {})
+        return True
 
     async def get_job(self, job_id: uuid.UUID, namespace: str) -> dict[str, Any] | None:
         rows = await self._all("get_job", {"id": job_id, "namespace": namespace})

@@ -51,12 +51,16 @@ def test_claim__finds_its_jobs_by_primary_key_with_statistics_from_before_a_back
     assert reads == [("Index Scan", "jobs_pkey")], json.dumps(update, indent=1)[:3000]
 
 
+def _analyses(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT analyze_count FROM pg_stat_user_tables "
+                           "WHERE schemaname = 'perdure' AND relname = 'jobs'").fetchone()
+        return int(row[0]) if row else 0
+
+
 async def test_a_large_enqueue__has_the_sidecar_refresh_the_statistics(sidecar, database_url) -> None:
     def analyses() -> int:
-        with psycopg.connect(database_url) as conn:
-            row = conn.execute("SELECT analyze_count FROM pg_stat_user_tables "
-                               "WHERE schemaname = 'perdure' AND relname = 'jobs'").fetchone()
-            return int(row[0]) if row else 0
+        return _analyses(database_url)
 
     async with sdk.Perdure(address=sidecar.address, namespace="plans") as client:
         await client.enqueue_many("plans:noop", [() for _ in range(ANALYZE_AFTER - 1)])
@@ -147,5 +151,30 @@ async def test_other_statements__keep_postgresqls_choice_of_plan(database_url) -
         assert await mode() == "auto"
         await store.renew_leases([uuid.uuid4()], 30, "sidecar")
         assert await mode() == "force_generic_plan"
+    finally:
+        await store.close()
+
+
+async def test_jobs_enqueued_in_the_applications_transactions__count_toward_the_refresh(sidecar, database_url,
+                                                                                       db) -> None:
+    """No sidecar inserted them: the sidecar hears of them (their notifications) all the same."""
+    db.execute("SELECT perdure.enqueue('plans:noop') FROM generate_series(1, %s)", (ANALYZE_AFTER - 1,))
+    await asyncio.sleep(1)
+    assert _analyses(database_url) == 0
+    db.execute("SELECT perdure.enqueue('plans:noop')")
+    async with asyncio.timeout(30):
+        while _analyses(database_url) == 0:
+            await asyncio.sleep(0.1)
+
+
+async def test_statistics_refreshed_a_moment_ago__are_not_refreshed_again(database_url) -> None:
+    """Every sidecar hears of the same enqueues: the first to refresh spares the others."""
+    store = await Store.open(database_url, 1)
+    try:
+        assert await store.analyze_jobs(unless_within=60) is True
+        assert _analyses(database_url) == 1
+        assert await store.analyze_jobs(unless_within=60) is False
+        assert await store.analyze_jobs(unless_within=0) is True
+        assert _analyses(database_url) == 2
     finally:
         await store.close()
