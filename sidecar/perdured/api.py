@@ -183,14 +183,16 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     @_errors_as_status
     async def RetryJobs(self, request: jobs_pb2.RetryJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.RetryJobsResponse:
-        where = validation.job_filter(request.filter, "filter.", allowed_states=RETRYABLE_STATES, default_states=["dead"])
+        with validation.within("filter."):
+            where = validation.job_filter(request.filter, allowed_states=RETRYABLE_STATES, default_states=["dead"])
         retried = await self.store.retry_jobs(where, BULK_BATCH)
         log.info("jobs.retried", jobs=retried, **_described(where))
         return jobs_pb2.RetryJobsResponse(retried=retried)
 
     @_errors_as_status
     async def PurgeJobs(self, request: jobs_pb2.PurgeJobsRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.PurgeJobsResponse:
-        where = validation.job_filter(request.filter, "filter.", allowed_states=TERMINAL_STATES, default_states=["dead"])
+        with validation.within("filter."):
+            where = validation.job_filter(request.filter, allowed_states=TERMINAL_STATES, default_states=["dead"])
         purged = await self.store.purge_jobs(where, BULK_BATCH)
         self.events.forget_successes()  # at once here; other sidecars hear it from PostgreSQL
         log.info("jobs.purged", jobs=purged, **_described(where))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -42,7 +44,17 @@ class InvalidArgument(ValueError):
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
-        self.field = field
+        self.field, self.problem = field, problem
+
+
+@contextlib.contextmanager
+def within(prefix: str) -> Iterator[None]:
+    """A refusal inside names its field within `prefix`, as the caller wrote it (jobs[7].name,
+    filter.states)."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{prefix}{exc.field}", exc.problem) from None
 
 
 @dataclass(frozen=True)
@@ -230,12 +242,11 @@ def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_byt
     """The jobs of a batch, each checked as an EnqueueRequest of its own; with `common`, its
     options are checked once and each job for what is its own. A failure names the job."""
     if not request.HasField("common"):
-        return [_within(f"jobs[{index}]", item, max_payload_bytes)
-                for index, item in enumerate(request.jobs)]
+        return [_job_within(f"jobs[{index}].", item, max_payload_bytes) for index, item in enumerate(request.jobs)]
     for descriptor, _ in request.common.ListFields():
         if descriptor.name in OWN_FIELDS:
             raise InvalidArgument(f"common.{descriptor.name}", "is each job's own: give it in jobs[], not in common")
-    common = _within("common", request.common, max_payload_bytes)
+    common = _job_within("common.", request.common, max_payload_bytes)
     ids, payloads, encodings, keys = [], [], [], []
     for index, item in enumerate(request.jobs):
         for descriptor, _ in item.ListFields():
@@ -251,12 +262,9 @@ def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_byt
     return SharedJobs(common, ids, payloads, encodings, keys)
 
 
-def _within(prefix: str, item: jobs_pb2.EnqueueRequest, max_payload_bytes: int) -> NewJob:
-    """enqueue_request(item), a failure naming its field within `prefix` (e.g. jobs[7].name)."""
-    try:
+def _job_within(prefix: str, item: jobs_pb2.EnqueueRequest, max_payload_bytes: int) -> NewJob:
+    with within(prefix):
         return enqueue_request(item, max_payload_bytes)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{prefix}.{exc.field}", str(exc).split(": ", 1)[1]) from None
 
 
 MAX_TRACE_ENTRIES, MAX_TRACE_TEXT = 8, 512
@@ -370,21 +378,19 @@ class JobFilter:
     error_contains: str | None = None
 
 
-def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter, prefix: str = "",
+def job_filter(request: jobs_pb2.ListJobsRequest | jobs_pb2.JobFilter,
                *, allowed_states: frozenset[str] | None = None, default_states: list[str] | None = None) -> JobFilter:
-    """`prefix` names where the filter sits in the request ("filter." in RetryJobs and
-    PurgeJobs), so that an error names the field as the caller wrote it."""
-    states = job_states(list(request.states), f"{prefix}states") or default_states
+    states = job_states(list(request.states)) or default_states
     if allowed_states is not None and states and not set(states) <= allowed_states:
         refused = ", ".join(sorted(set(states) - allowed_states))
-        raise InvalidArgument(f"{prefix}states", f"{refused} not allowed here; use {', '.join(sorted(allowed_states))}")
+        raise InvalidArgument("states", f"{refused} not allowed here; use {', '.join(sorted(allowed_states))}")
     return JobFilter(
-        namespace=namespace(request.namespace, f"{prefix}namespace"),
-        name=function_name(request.name, f"{prefix}name") if request.name else None,
+        namespace=namespace(request.namespace),
+        name=function_name(request.name) if request.name else None,
         states=states,
-        labels=job_labels(dict(request.labels), f"{prefix}labels") or None,
-        error_type=text(request.error_type, f"{prefix}error_type") or None,
-        error_contains=text(request.error_contains, f"{prefix}error_contains") or None,
+        labels=job_labels(dict(request.labels)) or None,
+        error_type=text(request.error_type, "error_type") or None,
+        error_contains=text(request.error_contains, "error_contains") or None,
     )
 
 
