@@ -79,7 +79,6 @@ def wait_running(url: str, namespace: str, count: int, timeout: float = 300) -> 
         time.sleep(0.2)
 
 
-
 def run(args: argparse.Namespace) -> None:
     with harness.database(args.database_url, preload=("pg_stat_statements",)) as db, \
             harness.perdured(db.url) as sidecar:

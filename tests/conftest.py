@@ -31,10 +31,12 @@ from psycopg.conninfo import make_conninfo
 
 from perdure import Perdure
 from perdured import logs
+from perdured.backoff import RetryPolicy
 from perdured.config import Settings
 from perdured.launch import spawn
 from perdured.migrate import migrate
 from perdured.server import Sidecar
+from perdured.validation import NewJob
 
 TEMPLATE = "perdure_test_template"
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +169,13 @@ async def make_client(sidecar: Sidecar) -> AsyncIterator[object]:
     for client in clients:
         await client.stop()
 
+
+
+def new_job(namespace: str, name: str, job_id: uuid.UUID | None = None) -> NewJob:
+    """A job as the sidecar's store receives it (default options, no arguments), for tests
+    that call the store directly."""
+    return NewJob(id=job_id or uuid.uuid4(), namespace=namespace, name=name, payload=b"[]", payload_encoding="json",
+                  idempotency_key=None, parent_id=None, retry=RetryPolicy(), timeout=60, delay=0)
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:

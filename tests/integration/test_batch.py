@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import grpc
 import psycopg
@@ -13,11 +12,10 @@ import pytest
 import perdure as sdk
 from perdure._client import ENQUEUE_BATCH, ENQUEUE_BATCHES_IN_FLIGHT
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
-from perdured.backoff import RetryPolicy
 from perdured.metrics import Metrics
 from perdured.store import Store
-from perdured.validation import InvalidArgument, NewJob
-from tests.conftest import start_sidecar
+from perdured.validation import InvalidArgument
+from tests.conftest import new_job, start_sidecar
 
 
 async def test_enqueue_many__every_job_runs_once_in_order_of_the_calls(make_client, database_url) -> None:
@@ -242,18 +240,13 @@ async def test_enqueues_committed_together__a_taken_id_refuses_only_its_own_call
 async def test_a_refused_batch__is_not_counted_in_the_metrics(database_url) -> None:
     """The first job of the batch is inserted, the second's id is taken: the transaction rolls
     back, and the counts must say so (no job enqueued, none in the activity)."""
-    def job(name: str, job_id: uuid.UUID | None = None) -> NewJob:
-        return NewJob(id=job_id or uuid.uuid4(), namespace="counts", name=name, payload=b"[]",
-                      payload_encoding="json", idempotency_key=None, parent_id=None, retry=RetryPolicy(),
-                      timeout=60, delay=0)
-
     store = await Store.open(database_url, 2, metrics=Metrics(served=True))
     try:
-        taken = job("counts:first")
+        taken = new_job("counts", "counts:first")
         await store.enqueue([taken], sidecar_id="sidecar", lease=30)
         with pytest.raises(InvalidArgument, match="is the id of another job"):
-            await store.enqueue_batch([job("counts:batch"), job("counts:batch", taken.id)], sidecar_id="sidecar",
-                                      lease=30)
+            batch = [new_job("counts", "counts:batch"), new_job("counts", "counts:batch", taken.id)]
+            await store.enqueue_batch(batch, sidecar_id="sidecar", lease=30)
         counted = store.metrics.registry.get_sample_value
         assert counted("perdure_jobs_enqueued_total", {"namespace": "counts", "function": "counts:first"}) == 1
         assert counted("perdure_jobs_enqueued_total", {"namespace": "counts", "function": "counts:batch"}) is None

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 
 import perdure as sdk
-from perdured.backoff import RetryPolicy
 from perdured.scheduler import ANALYZE_AFTER
 from perdured.store import GENERIC_PLANS, QUERIES, Outcome, Store
-from perdured.validation import JobFilter, NewJob
+from perdured.validation import JobFilter
+from tests.conftest import new_job
 
 NEW_JOB = ("INSERT INTO perdure.jobs (id, namespace, name, state, payload, payload_encoding, max_attempts, backoff, "
            "initial_delay, max_delay, jitter, timeout, run_at, finished_at) "
@@ -110,10 +110,7 @@ async def test_statements_run_for_every_job__are_planned_once_per_connection(dat
     store = await Store.open(database_url, 1)  # one connection: every statement runs on it
     try:
         for _ in range(10):
-            job = NewJob(id=uuid.uuid4(), namespace="plans", name="plans:noop", payload=b"[]",
-                         payload_encoding="json", idempotency_key=None, parent_id=None, retry=RetryPolicy(),
-                         timeout=60, delay=0)
-            await store.enqueue([job], sidecar_id="sidecar", lease=30)
+            await store.enqueue([new_job("plans", "plans:noop")], sidecar_id="sidecar", lease=30)
             (claimed,) = await store.claim("plans", ["plans:noop"], ["worker"], 30, "sidecar")
             await store.finish([Outcome(claimed["id"], claimed["attempt"], "success", "succeeded",
                                         result=b"null", result_encoding="json")])
@@ -144,10 +141,8 @@ async def test_other_statements__keep_postgresqls_choice_of_plan(database_url) -
         assert await mode() == "force_generic_plan"
         await store.list_jobs(JobFilter(namespace="plans"), None, 10)
         assert await mode() == "auto"
-        await store.enqueue_batch(
-            [NewJob(id=uuid.uuid4(), namespace="plans", name="plans:noop", payload=b"[]", payload_encoding="json",
-                    idempotency_key=None, parent_id=None, retry=RetryPolicy(), timeout=60, delay=0)],
-            sidecar_id="sidecar", lease=30)  # in a transaction: its statements are PostgreSQL's choice
+        # In a transaction: its statements are PostgreSQL's choice.
+        await store.enqueue_batch([new_job("plans", "plans:noop")], sidecar_id="sidecar", lease=30)
         assert await mode() == "auto"
         await store.renew_leases([uuid.uuid4()], 30, "sidecar")
         assert await mode() == "force_generic_plan"
