@@ -26,7 +26,7 @@ from perdure._errors import (
     SidecarUnavailableError,
 )
 from perdure._handle import STATES, JobDetails, JobHandle, details_from
-from perdure._ids import new_job_id
+from perdure._ids import new_job_id, new_job_ids
 from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._schedules import Schedules, ScheduleSpec, check_spec
 from perdure._security import ClientSecurity
@@ -237,22 +237,25 @@ class Perdure:
         # here, so that a batch sent again after a lost answer stores no job twice).
         common = checked.request(namespace=self.namespace, name=name, payload=None)
         common.trace_context.update(_tracing.current_context())
-        requests = []
+        payloads = []  # every call is encoded (and so checked) before any is sent
         for call in calls:
             if isinstance(call, (str, bytes)) or not isinstance(call, Sequence):
                 raise TypeError(f"each call is a sequence of positional arguments, e.g. (to, subject); got {call!r}")
-            requests.append(jobs_pb2.EnqueueRequest(id=str(new_job_id()),
-                                                    payload=_serde.encode_call(name, tuple(call), {})))
+            payloads.append(_serde.encode_call(name, tuple(call), {}))
         in_flight = asyncio.Semaphore(ENQUEUE_BATCHES_IN_FLIGHT)
 
-        async def send(batch: list[jobs_pb2.EnqueueRequest]) -> list[JobHandle]:
+        async def send(batch: list[types_pb2.Payload]) -> list[JobHandle]:
             async with in_flight:
-                response = await self._call_retrying(
-                    "EnqueueBatch", jobs_pb2.EnqueueBatchRequest(jobs=batch, brief=True, common=common))
+                # Built here, while the batches before it are on their way.
+                request = jobs_pb2.EnqueueBatchRequest(brief=True, common=common)
+                add = request.jobs.add
+                for job_id, payload in zip(new_job_ids(len(batch)), batch, strict=True):
+                    add(id=job_id, payload=payload)
+                response = await self._call_retrying("EnqueueBatch", request)
             return [JobHandle(self, r.job.id, name=name, deduplicated=r.deduplicated) for r in response.results]
 
-        sends = [asyncio.ensure_future(send(requests[start:start + ENQUEUE_BATCH]))
-                 for start in range(0, len(requests), ENQUEUE_BATCH)]
+        sends = [asyncio.ensure_future(send(payloads[start:start + ENQUEUE_BATCH]))
+                 for start in range(0, len(payloads), ENQUEUE_BATCH)]
         try:
             batches = await asyncio.gather(*sends)
         finally:

@@ -11,6 +11,8 @@ from typing import Any
 from perdure.v1 import types_pb2
 
 JSON = "json"
+# One encoder for every payload: json.dumps with options builds a new one on each call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def encode_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> types_pb2.Payload:
@@ -18,7 +20,7 @@ def encode_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> typ
     if kwargs:
         document["kwargs"] = kwargs
     try:
-        data = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+        data = _encode(document).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"the arguments of {name!r} must be JSON-serialisable: {exc}") from None
     return types_pb2.Payload(data=data, encoding=JSON)
@@ -37,8 +39,7 @@ def decode_call(payload: types_pb2.Payload) -> tuple[list[Any], dict[str, Any]]:
 
 
 def encode_result(value: Any) -> types_pb2.Payload:
-    data = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-    return types_pb2.Payload(data=data, encoding=JSON)
+    return types_pb2.Payload(data=_encode(value).encode(), encoding=JSON)
 
 
 def decode_result(payload: types_pb2.Payload) -> Any:

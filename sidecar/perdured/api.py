@@ -96,11 +96,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             raise InvalidArgument("jobs", f"has {len(request.jobs)} jobs; at most {MAX_BATCH} per call")
         jobs = validation.enqueue_batch_request(request, self.max_payload_bytes)
         results = await self.scheduler.enqueue_batch(jobs, brief=request.brief) if len(jobs) else []
-        rows = [row for row, _ in results]
-        answers = convert.brief_jobs(rows) if request.brief else [convert.job(row) for row in rows]
-        return jobs_pb2.EnqueueBatchResponse(results=[
-            jobs_pb2.EnqueueResponse(job=job, deduplicated=deduplicated)
-            for job, (_, deduplicated) in zip(answers, results, strict=True)])
+        return convert.enqueue_answers(results, request.brief)
 
     @_errors_as_status
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.GetJobResponse:

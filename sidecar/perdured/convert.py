@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -50,6 +50,10 @@ LOG_LEVELS = {value: name.removeprefix("LOG_LEVEL_").lower() for name, value in 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@overload
+def timestamp(value: datetime | float) -> Timestamp: ...
+@overload
+def timestamp(value: None) -> None: ...
 def timestamp(value: datetime | float | None) -> Timestamp | None:
     if value is None:
         return None
@@ -170,18 +174,29 @@ def job(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None,
     return message
 
 
-def brief_jobs(rows: list[dict[str, Any]]) -> list[types_pb2.Job]:
-    """Jobs in brief (EnqueueBatchRequest.brief): from store.BRIEF_JOB_COLUMNS. The jobs of a
-    batch mostly share their run time (one statement's now()): each is converted once."""
-    stamps: dict[datetime, Timestamp | None] = {}
-    jobs = []
-    for row in rows:
-        run_at = row["run_at"]
-        if (stamp := stamps.get(run_at)) is None:
+def enqueue_answers(results: list[tuple[dict[str, Any], bool]], brief: bool) -> jobs_pb2.EnqueueBatchResponse:
+    """The answer to a batch enqueue, each job in full or in brief (EnqueueBatchRequest.brief:
+    from store.BRIEF_JOB_COLUMNS), filled in place: building each message on its own and
+    copying it in cost more than the rest of the answer."""
+    response = jobs_pb2.EnqueueBatchResponse()
+    add = response.results.add
+    if not brief:
+        for row, deduplicated in results:
+            add(job=job(row), deduplicated=deduplicated)
+        return response
+    # The jobs of a batch mostly share their run time (one statement's now()): each is converted once.
+    stamps: dict[datetime, Timestamp] = {}
+    for row, deduplicated in results:
+        answer = add(deduplicated=deduplicated)
+        brief_job = answer.job
+        brief_job.id = str(row["id"])
+        brief_job.namespace = row["namespace"]
+        brief_job.name = row["name"]
+        brief_job.state = STATES[row["state"]]
+        if (stamp := stamps.get(run_at := row["run_at"])) is None:
             stamp = stamps[run_at] = timestamp(run_at)
-        jobs.append(types_pb2.Job(id=str(row["id"]), namespace=row["namespace"], name=row["name"],
-                                  state=STATES[row["state"]], run_at=stamp))
-    return jobs
+        brief_job.run_at.CopyFrom(stamp)
+    return response
 
 
 def event(value: JobEvent) -> jobs_pb2.JobEvent:

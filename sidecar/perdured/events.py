@@ -31,7 +31,9 @@ DELETED_CHANNEL = "perdure_deleted"  # succeeded jobs were deleted (0014_deleted
 RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and a sidecar
+# reads an event for every change of every job. No one changes one; replace() copies.
+@dataclass(slots=True)
 class JobEvent:
     kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried | suspended | progress | log
     job_id: uuid.UUID
@@ -60,13 +62,10 @@ class JobEvent:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobEvent:
-        return cls(
-            kind=data["kind"], job_id=uuid.UUID(data["id"]), namespace=data["namespace"],
-            name=data["name"], attempt=data["attempt"], state=data["state"], at=data["at"],
-            run_in=data["run_at"] - data["at"], error_type=data.get("error_type"),
-            error_message=data.get("error_message"), progress=data.get("progress"), log=data.get("log"),
-            started_at_insert=bool(data.get("enqueued")),
-        )
+        at = data["at"]
+        return cls(data["kind"], uuid.UUID(data["id"]), data["namespace"], data["name"], data["attempt"],
+                   data["state"], at, data["run_at"] - at, data.get("error_type"), data.get("error_message"),
+                   data.get("progress"), data.get("log"), bool(data.get("enqueued")))
 
 
 class EventHub:

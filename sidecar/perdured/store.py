@@ -29,7 +29,7 @@ JOB_COLUMNS = (
     "priority, labels, concurrency_key, start_by, max_duration, deadline_at, trace_context"
 )
 
-# What a brief answer to a batch enqueue needs of each job (convert.brief_jobs), and the
+# What a brief answer to a batch enqueue needs of each job (convert.enqueue_answers), and the
 # scheduler and the metrics after it.
 BRIEF_JOB_COLUMNS = "id, namespace, name, state, run_at"
 

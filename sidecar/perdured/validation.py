@@ -249,16 +249,18 @@ def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_byt
     common = _job_within("common.", request.common, max_payload_bytes)
     ids, payloads, encodings, keys = [], [], [], []
     for index, item in enumerate(request.jobs):
-        for descriptor, _ in item.ListFields():
-            if descriptor.name not in OWN_FIELDS:
-                raise InvalidArgument(f"jobs[{index}].{descriptor.name}",
-                                      "comes from common: with common, a job gives only its payload, id and "
-                                      "idempotency_key")
-        data, encoding = payload(item.payload, max_payload_bytes, f"jobs[{index}].payload")
-        ids.append(job_id(item.id, f"jobs[{index}].id") if item.id else new_job_id())
-        payloads.append(data)
-        encodings.append(encoding)
-        keys.append(text(item.idempotency_key, f"jobs[{index}].idempotency_key") or None)
+        try:  # a refusal is named within its job once it happens, not prepared for every job
+            for descriptor, _ in item.ListFields():
+                if descriptor.name not in OWN_FIELDS:
+                    raise InvalidArgument(descriptor.name, "comes from common: with common, a job gives only its "
+                                                           "payload, id and idempotency_key")
+            data, encoding = payload(item.payload, max_payload_bytes)
+            ids.append(job_id(item.id) if item.id else new_job_id())
+            payloads.append(data)
+            encodings.append(encoding)
+            keys.append(text(item.idempotency_key, "idempotency_key") or None)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"jobs[{index}].{exc.field}", exc.problem) from None
     return SharedJobs(common, ids, payloads, encodings, keys)
 
 

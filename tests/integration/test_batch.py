@@ -71,13 +71,18 @@ async def test_enqueue_batch__one_invalid_job_refuses_the_whole_batch(sidecar, d
         assert conn.execute("SELECT count(*) FROM perdure.jobs").fetchone()[0] == 0
 
 
-async def test_enqueue_many__refuses_an_idempotency_key_and_non_sequences(make_client) -> None:
+async def test_enqueue_many__refuses_an_idempotency_key_and_non_sequences(make_client, database_url) -> None:
     client = make_client()
     async with client:
         with pytest.raises(ValueError, match="same options: an idempotency_key"):
             await client.enqueue_many("batch:x", [(1,)], idempotency_key="k")
         with pytest.raises(TypeError, match="sequence of positional arguments"):
             await client.enqueue_many("batch:x", ["abc"])
+        # Every call is checked before the first batch goes: a bad one late in the list stores nothing.
+        with pytest.raises(TypeError, match="must be JSON-serialisable"):
+            await client.enqueue_many("batch:x", [(n,) for n in range(2500)] + [(object(),)])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM perdure.jobs WHERE name = 'batch:x'").fetchone()[0] == 0
 
 
 async def test_enqueue_with_its_own_id__repeated_returns_the_same_job_and_a_taken_id_is_refused(sidecar) -> None:
