@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
@@ -60,9 +61,8 @@ def timestamp(value: datetime | float | None) -> Timestamp | None:
     if isinstance(value, datetime):
         since = value - (_EPOCH if value.tzinfo is not None else _EPOCH.replace(tzinfo=None))
         return Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
-    message = Timestamp()
-    message.FromNanoseconds(int(value * 1e9))
-    return message
+    seconds = math.floor(value)
+    return Timestamp(seconds=seconds, nanos=int((value - seconds) * 1e9))
 
 
 def duration(value: timedelta | float) -> Duration:

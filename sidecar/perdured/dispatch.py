@@ -309,14 +309,19 @@ class Dispatcher:
         self._by_job[assignment.job_id] = assignment
         loop = asyncio.get_running_loop()
         assignment.timer = loop.call_later(timeout, self._on_timeout, assignment)
-        deadline = convert.timestamp(time.time() + timeout)
-        session.send(workers_pb2.SidecarMessage(assignment=workers_pb2.Assignment(
-            job_id=str(row["id"]), attempt=row["attempt"], name=row["name"], namespace=row["namespace"],
-            payload=types_pb2.Payload(data=row["payload"], encoding=row["payload_encoding"]),
-            deadline=deadline, max_attempts=row["max_attempts"],
-            parent_id=str(row["parent_id"]) if row["parent_id"] else "",
-            steps=[convert.step(step) for step in steps], trace_context=row.get("trace_context") or {},
-        )))
+        # Filled in place: built apart and passed in, each part would be copied again.
+        message = workers_pb2.SidecarMessage()
+        job = message.assignment
+        job.job_id, job.attempt, job.max_attempts = str(row["id"]), row["attempt"], row["max_attempts"]
+        job.name, job.namespace = row["name"], row["namespace"]
+        job.payload.data, job.payload.encoding = row["payload"], row["payload_encoding"]
+        job.deadline.CopyFrom(convert.timestamp(time.time() + timeout))
+        if row["parent_id"]:
+            job.parent_id = str(row["parent_id"])
+        job.steps.extend(convert.step(step) for step in steps)
+        if row.get("trace_context"):
+            job.trace_context.update(row["trace_context"])
+        session.send(message)
         log.debug("job.assigned", job_id=str(row["id"]), attempt=row["attempt"], worker_id=session.id)
 
     # -- how attempts end -----------------------------------------------------------------
@@ -520,6 +525,8 @@ class Dispatcher:
         log.info("job.timed_out", job_id=str(assignment.job_id), attempt=assignment.attempt)
         assignment.end_task = self._spawn(self._record_ended(assignment, "timed_out", _error("perdure.Timeout", message)))
 
+    EVENT_KINDS = frozenset({"cancelled"})  # the events on_event acts on
+
     def on_event(self, event: JobEvent) -> None:
         """A job we run was cancelled (perhaps through another sidecar): stop its handler."""
         if event.kind != "cancelled":
@@ -642,10 +649,11 @@ class Dispatcher:
 
 
 def _ack(outcome: workers_pb2.Outcome, *, recorded: bool, state: str | None = None) -> workers_pb2.SidecarMessage:
-    return workers_pb2.SidecarMessage(ack=workers_pb2.OutcomeAck(
-        job_id=outcome.job_id, attempt=outcome.attempt, recorded=recorded,
-        state=convert.STATES.get(state or "", types_pb2.JOB_STATE_UNSPECIFIED),
-    ))
+    message = workers_pb2.SidecarMessage()
+    ack = message.ack
+    ack.job_id, ack.attempt, ack.recorded = outcome.job_id, outcome.attempt, recorded
+    ack.state = convert.STATES.get(state or "", types_pb2.JOB_STATE_UNSPECIFIED)
+    return message
 
 
 def _cancel(assignment: Assignment, reason: int) -> workers_pb2.SidecarMessage:

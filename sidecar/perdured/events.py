@@ -13,13 +13,14 @@ import json
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
 from perdured.logs import log
+from perdured.store import TERMINAL_STATES
 
 CHANNEL = "perdure_events"
 # A function's flow control changed (0009_flow_control.sql): {"namespace", "name"}.
@@ -33,6 +34,13 @@ RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, and a sidecar
 # reads an event for every change of every job. No one changes one; replace() copies.
+def entries(text: str) -> list[dict[str, Any]]:
+    """The events of one notification, as JSON objects: one, or an array of them (all the
+    changes of one statement, 0013_batched_notifications.sql)."""
+    data = json.loads(text)
+    return data if isinstance(data, list) else [data]
+
+
 @dataclass(slots=True)
 class JobEvent:
     kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried | suspended | progress | log
@@ -51,14 +59,12 @@ class JobEvent:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("success", "dead", "cancelled")
+        return self.state in TERMINAL_STATES
 
     @classmethod
     def parse_all(cls, text: str) -> list[JobEvent]:
-        """The events of one notification: a JSON object, or an array of them (all the
-        changes of one statement, 0013_batched_notifications.sql)."""
-        data = json.loads(text)
-        return [cls.from_dict(item) for item in data] if isinstance(data, list) else [cls.from_dict(data)]
+        """The events of one notification (see `entries`)."""
+        return [cls.from_dict(item) for item in entries(text)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobEvent:
@@ -71,17 +77,37 @@ class JobEvent:
 class EventHub:
     def __init__(self, url: str) -> None:
         self._url = url
-        self._subscribers: list[Callable[[JobEvent], None]] = []
+        # Each with the kinds of event it takes (None: every kind). An event no one takes, and
+        # that ends no awaited job, is not even read: most are of no use to a sidecar.
+        self._subscribers: list[tuple[Callable[[JobEvent], None], frozenset[str] | None]] = []
+        self._taken: frozenset[str] | None = frozenset()  # the kinds someone takes; None: all
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._function_callbacks: list[Callable[[str, str], None]] = []
         self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
         self._succeeded: OrderedDict[uuid.UUID, tuple[float, dict[str, Any]]] = OrderedDict()
         self.ready = asyncio.Event()
 
-    def subscribe(self, callback: Callable[[JobEvent], None]) -> Callable[[], None]:
-        """Call `callback` for every event; returns the unsubscribe function."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
+    def subscribe(self, callback: Callable[[JobEvent], None], kinds: Iterable[str] | None = None) -> Callable[[], None]:
+        """Call `callback` for every event of these kinds (None: of every kind); returns the
+        unsubscribe function."""
+        subscriber = (callback, frozenset(kinds) if kinds is not None else None)
+        self._subscribers.append(subscriber)
+        self._count_kinds()
+
+        def unsubscribe() -> None:
+            self._subscribers.remove(subscriber)
+            self._count_kinds()
+
+        return unsubscribe
+
+    def _count_kinds(self) -> None:
+        taken: set[str] = set()
+        for _, kinds in self._subscribers:
+            if kinds is None:
+                self._taken = None
+                return
+            taken |= kinds
+        self._taken = frozenset(taken)
 
     def on_reconnect(self, callback: Callable[[], None]) -> None:
         self._reconnect_callbacks.append(callback)
@@ -148,8 +174,11 @@ class EventHub:
                 delay = min(delay * 2, 5.0)
 
     def _dispatch(self, payload: str) -> None:
+        taken, awaited = self._taken, bool(self._job_waiters)
         try:
-            events = JobEvent.parse_all(payload)
+            events = [JobEvent.from_dict(item) for item in entries(payload)
+                      if taken is None or item["kind"] in taken or (awaited and item["state"] in TERMINAL_STATES)
+                      or (item.get("enqueued") and "enqueued" in taken)]
         except (ValueError, KeyError, TypeError) as exc:
             log.error("events.bad_notification", error=str(exc), payload=payload[:200])
             return
@@ -169,7 +198,9 @@ class EventHub:
             callback(namespace, name)
 
     def _deliver(self, event: JobEvent) -> None:
-        for callback in list(self._subscribers):
+        for callback, kinds in list(self._subscribers):
+            if kinds is not None and event.kind not in kinds:
+                continue
             try:
                 callback(event)
             except Exception:

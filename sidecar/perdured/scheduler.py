@@ -156,6 +156,8 @@ class Scheduler:
         except psycopg.Error as exc:  # a missed refresh only leaves it to autovacuum
             log.warning("statistics.analyze_failed", error=str(exc))
 
+    EVENT_KINDS = RUNNABLE | FREES_SLOT  # the events on_event acts on ("enqueued" is runnable)
+
     def on_event(self, event: JobEvent) -> None:
         if event.kind == "enqueued":  # of any function: they share the table
             self._heard_enqueued()

@@ -4,12 +4,14 @@ notifications, each under NOTIFY's 8000 bytes, that together hold one event per 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 
 import psycopg
 
-from perdured.events import CHANNEL, JobEvent
+from perdured.events import CHANNEL, EventHub, JobEvent
 
 JOBS = 300
 NOTIFY_LIMIT = 8000
@@ -91,3 +93,49 @@ def test_long_error_messages__are_cut_so_that_every_notification_fits(database_u
 def test_a_job_inserted_running__is_announced_as_started_at_insert(database_url) -> None:
     events = _events(_payloads(database_url, lambda conn: _insert(conn, 1, state="running")))
     assert [(e.kind, e.started_at_insert) for e in events] == [("started", True)]
+
+
+async def test_subscribers__hear_the_kinds_they_take_and_awaiters_the_end_of_their_job(database_url, monkeypatch) -> None:
+    read: list[str] = []  # the events the hub read in full
+    from_dict = JobEvent.from_dict.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(JobEvent, "from_dict", classmethod(lambda cls, data: read.append(data["kind"]) or from_dict(cls, data)))
+    hub = EventHub(database_url)
+    listening = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        everything: list[JobEvent] = []
+        cancellations: list[JobEvent] = []
+        stop_hearing_everything = hub.subscribe(everything.append)
+        hub.subscribe(cancellations.append, {"cancelled"})
+        with psycopg.connect(database_url, autocommit=True) as db:
+            first, second, third = _insert(db, 3)
+            await _until(lambda: len(everything) == 3)
+            db.execute("UPDATE perdure.jobs SET state = 'cancelled' WHERE id = %s", (first,))
+            await _until(lambda: len(cancellations) == 1)
+            assert [e.kind for e in everything] == ["enqueued"] * 3 + ["cancelled"]
+
+            # Now no one takes what is not a cancellation: only cancellations, and the end of
+            # an awaited job, are read.
+            stop_hearing_everything()
+            read.clear()
+            with hub.job_waiter(second) as second_ended:
+                db.execute("UPDATE perdure.jobs SET state = 'running', attempt = 1 WHERE id IN (%s, %s)", (second, third))
+                db.execute("UPDATE perdure.jobs SET state = 'success' WHERE id IN (%s, %s)", (second, third))
+                db.execute("UPDATE perdure.jobs SET state = 'cancelled' WHERE id IN (%s)", (first,))  # not a change
+                _insert(db, 2)
+                db.execute("UPDATE perdure.jobs SET state = 'cancelled' WHERE id = %s", (third,))
+                await _until(lambda: len(cancellations) == 2)
+                assert second_ended.is_set()
+        assert [e.job_id for e in cancellations] == [first, third]
+        assert sorted(read) == ["cancelled", "succeeded", "succeeded"]  # both ends, an awaiter being there
+        assert len(everything) == 4
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+
+
+async def _until(condition, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
