@@ -9,6 +9,7 @@ work done later, in another process, joins the caller's trace.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Mapping
 
 try:
@@ -25,12 +26,35 @@ def current_context() -> dict[str, str]:
     return carrier
 
 
+# Whether a tracer provider is configured, as last looked up (monotonic time): looking it up
+# reads the environment each time, a good part of a short job's cost in its worker. Once set,
+# a provider stays (OpenTelemetry allows one); one set later is seen within a second.
+RECHECK_SECONDS = 1.0
+_traced, _checked_at = False, -RECHECK_SECONDS
+
+
+def _tracing() -> bool:
+    global _traced, _checked_at
+    if propagate is None or _traced:
+        return _traced
+    if (now := time.monotonic()) - _checked_at >= RECHECK_SECONDS:
+        provider = trace.get_tracer_provider()
+        _traced = not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        _checked_at = now
+    return _traced
+
+
+def forget_provider() -> None:
+    """Look the tracer provider up again at the next job (one was just set)."""
+    global _checked_at
+    _checked_at = -RECHECK_SECONDS
+
+
 @contextlib.contextmanager
 def job_span(name: str, job_id: str, attempt: int, carrier: Mapping[str, str]) -> Iterator[None]:
     """Run an attempt inside a span that continues the enqueuing call's trace."""
     # Without a configured tracer provider a span would record nothing: skip its cost.
-    if propagate is None or isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider,
-                                                                     trace.NoOpTracerProvider)):
+    if not _tracing():
         yield
         return
     tracer = trace.get_tracer("perdure")

@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
+from perdure import _tracing  # noqa: E402
+
 EXPORTER = InMemorySpanExporter()
 
 
@@ -19,6 +21,7 @@ def tracer_provider():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(EXPORTER))
     trace.set_tracer_provider(provider)  # once per process: OpenTelemetry allows no other
+    _tracing.forget_provider()  # jobs of earlier tests found none a moment ago
     yield
 
 
