@@ -264,9 +264,12 @@ async def test_jobs__watch_prints_events_until_interrupted(sidecar, make_client)
     async def watched() -> str:
         return "seen"
 
+    # Ctrl-C as at a terminal, even when these tests run in the background (which ignores
+    # SIGINT, and Python then leaves it ignored in the child).
     watcher = await asyncio.create_subprocess_exec(
         str(PERDURE), "--address", sidecar.address, "jobs", "watch", "--name", "cli:watched", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert watcher.stderr is not None and watcher.stdout is not None
         ready = await asyncio.wait_for(watcher.stderr.readline(), 30)
