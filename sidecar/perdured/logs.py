@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -115,6 +115,7 @@ def configure(log_format: str = "console", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    log.bind_to(structlog.get_logger("perdured").bind())
 
 
 def route_library_logs(log_format: str = "console", level: str = "info") -> None:
@@ -145,4 +146,23 @@ def route_library_logs(log_format: str = "console", level: str = "info") -> None
     root.setLevel(max(_LEVELS[level], logging.WARNING))
 
 
-log = structlog.get_logger("perdured")
+class _Log:
+    """The sidecar's logger. structlog's lazy logger looks its configuration up on every call,
+    a microsecond a line even when the level leaves the line out: configure() binds this one
+    to the configured logger once."""
+
+    debug: Callable[..., Any]
+    info: Callable[..., Any]
+    warning: Callable[..., Any]
+    error: Callable[..., Any]
+    exception: Callable[..., Any]
+
+    def __init__(self) -> None:
+        self.bind_to(structlog.get_logger("perdured"))
+
+    def bind_to(self, logger: Any) -> None:
+        for level in ("debug", "info", "warning", "error", "exception"):
+            setattr(self, level, getattr(logger, level))
+
+
+log = _Log()

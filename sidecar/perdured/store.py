@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -235,8 +236,7 @@ class Store:
             try:
                 async with self.pool.connection() as conn:
                     await self._plan_for(conn, query in GENERIC_PLANS)
-                    cursor = await conn.execute(QUERIES[query], params)
-                    return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
+                    return await _rows(await conn.execute(QUERIES[query], params))
             except psycopg.errors.DeadlockDetected:
                 self.metrics.database_errors.inc()
                 log.warning("database.deadlock_retried", query=query, attempt=attempt)
@@ -692,10 +692,18 @@ def _on(conn: psycopg.AsyncConnection[Any]) -> Runner:
     """Runs named queries on one connection (inside the caller's transaction)."""
 
     async def run(query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        cursor = await conn.execute(QUERIES[query], params)
-        return cast(list[dict[str, Any]], await cursor.fetchall()) if cursor.description else []
+        return await _rows(await conn.execute(QUERIES[query], params))
 
     return run
+
+
+async def _rows(cursor: psycopg.AsyncCursor[Any]) -> list[dict[str, Any]]:
+    """The rows of a statement that returns rows, none for another. (Asking cursor.description
+    would build a description of every column, types looked up, for each statement.)"""
+    result = cursor.pgresult
+    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    return cast(list[dict[str, Any]], await cursor.fetchall())
 
 
 @dataclass(frozen=True)
