@@ -6,10 +6,10 @@ import argparse
 import signal
 import sys
 
-from bench import chaos, growth, idle, latency, scale, throughput
+from bench import chaos, growth, idle, instructions, latency, scale, throughput
 
 SCENARIOS = {"latency": latency, "throughput": throughput, "idle": idle, "scale": scale, "growth": growth,
-             "chaos": chaos}
+             "chaos": chaos, "instructions": instructions}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +113,11 @@ class Perdured:
 
 
 @contextlib.contextmanager
-def perdured(database_url: str, *args: str) -> Iterator[Perdured]:
-    """`python -m perdured` on a free loopback port; yields once it serves, stops it afterwards."""
-    process, address = spawn("--database-url", database_url, "--log-level", "warning", *args)
+def perdured(database_url: str, *args: str, wrapper: Sequence[str] = ()) -> Iterator[Perdured]:
+    """`python -m perdured` on a free loopback port (run by `wrapper`, if given); yields once
+    it serves, stops it afterwards."""
+    process, address = spawn("--database-url", database_url, "--log-level", "warning", *args, wrapper=wrapper,
+                             timeout=600.0 if wrapper else 120.0)
     sidecar = Perdured(process, address)
     try:
         yield sidecar

@@ -8,6 +8,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -16,14 +17,14 @@ class LaunchError(RuntimeError):
 
 
 def spawn(*args: str, stdin: int | None = None, env: dict[str, str] | None = None,
-          timeout: float = 120.0, stderr: Any = None) -> tuple[subprocess.Popen[bytes], str]:
+          timeout: float = 120.0, stderr: Any = None, wrapper: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], str]:
     """Run `python -m perdured --listen 127.0.0.1:0 ARGS` and return it with the address it
     serves on, once it does (it writes that address to a pipe: --ready-fd). Its log goes to
-    `stderr` (a file), or to ours."""
+    `stderr` (a file), or to ours. `wrapper`: a command that runs it (a profiler)."""
     read_end, write_end = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "perdured", "--listen", "127.0.0.1:0", "--ready-fd", str(write_end), *args],
+            [*wrapper, sys.executable, "-m", "perdured", "--listen", "127.0.0.1:0", "--ready-fd", str(write_end), *args],
             pass_fds=(write_end,), stdin=stdin, env=env, stderr=stderr)
     finally:
         os.close(write_end)

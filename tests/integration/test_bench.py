@@ -4,6 +4,7 @@ never checked, only that they are there)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -77,6 +78,15 @@ def test_throughput__reports_the_median_of_its_runs(database_url) -> None:
     for key in ("batch_enqueue_per_s", "drain_per_s", "mixed_per_s"):
         assert figures[key] > 0, key  # type: ignore[operator]
     assert figures["mixed_round_trip_ms"]["p95"] > 0  # type: ignore[index]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="the instructions scenario runs perdured under valgrind")
+def test_instructions__counts_what_perdured_spends_per_drained_job(database_url) -> None:
+    figures = bench("instructions", "--jobs", "100", "--runs", "1", "--database-url", as_url(database_url))
+    assert figures["scenario"] == "instructions" and figures["runs_instructions_per_job"] == [
+        figures["sidecar_instructions_per_job"]]
+    assert figures["sidecar_instructions_per_job"] > 10_000  # type: ignore[operator]
 
 
 def _insert_pending(conn: psycopg.Connection, namespace: str, count: int) -> None:
