@@ -32,8 +32,6 @@ DELETED_CHANNEL = "perdure_deleted"  # succeeded jobs were deleted (0014_deleted
 RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
 
 
-# Not frozen: a frozen dataclass sets each field through object.__setattr__, and a sidecar
-# reads an event for every change of every job. No one changes one; replace() copies.
 def entries(text: str) -> list[dict[str, Any]]:
     """The events of one notification, as JSON objects: one, or an array of them (all the
     changes of one statement, 0013_batched_notifications.sql)."""
@@ -41,6 +39,8 @@ def entries(text: str) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and a sidecar
+# reads an event for every change of every job. No one changes one; replace() copies.
 @dataclass(slots=True)
 class JobEvent:
     kind: str  # enqueued | started | succeeded | attempt_failed | dead | cancelled | retried | suspended | progress | log
@@ -92,15 +92,15 @@ class EventHub:
         unsubscribe function."""
         subscriber = (callback, frozenset(kinds) if kinds is not None else None)
         self._subscribers.append(subscriber)
-        self._count_kinds()
+        self._gather_taken_kinds()
 
         def unsubscribe() -> None:
             self._subscribers.remove(subscriber)
-            self._count_kinds()
+            self._gather_taken_kinds()
 
         return unsubscribe
 
-    def _count_kinds(self) -> None:
+    def _gather_taken_kinds(self) -> None:
         taken: set[str] = set()
         for _, kinds in self._subscribers:
             if kinds is None:
