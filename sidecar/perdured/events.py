@@ -62,11 +62,6 @@ class JobEvent:
         return self.state in TERMINAL_STATES
 
     @classmethod
-    def parse_all(cls, text: str) -> list[JobEvent]:
-        """The events of one notification (see `entries`)."""
-        return [cls.from_dict(item) for item in entries(text)]
-
-    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobEvent:
         at = data["at"]
         return cls(data["kind"], uuid.UUID(data["id"]), data["namespace"], data["name"], data["attempt"],

@@ -115,10 +115,12 @@ class Scheduler:
         hands them out, as many at once as the workers have free slots). Brief: see Store.enqueue."""
         results = await self.store.enqueue_batch(jobs, sidecar_id=self.sidecar_id, lease=self.lease, brief=brief)
         now = datetime.now(UTC)
-        for row, deduplicated in results:
-            if deduplicated or (group := self.dispatcher.serves(row["namespace"], row["name"])) is None:
+        # The new jobs of a batch mostly share their function and run time: each is acted on once.
+        for namespace, name, run_at in {(row["namespace"], row["name"], row["run_at"])
+                                        for row, deduplicated in results if not deduplicated}:
+            if (group := self.dispatcher.serves(namespace, name)) is None:
                 continue
-            wait = (row["run_at"] - now).total_seconds()
+            wait = (run_at - now).total_seconds()
             if wait > 0:
                 self._wake_in(wait)
             else:

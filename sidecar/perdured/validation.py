@@ -46,15 +46,18 @@ class InvalidArgument(ValueError):
         super().__init__(f"{field}: {problem}")
         self.field, self.problem = field, problem
 
+    def within(self, prefix: str) -> InvalidArgument:
+        """The same refusal, its field named within `prefix` as the caller wrote it (jobs[7].name)."""
+        return InvalidArgument(f"{prefix}{self.field}", self.problem)
+
 
 @contextlib.contextmanager
 def within(prefix: str) -> Iterator[None]:
-    """A refusal inside names its field within `prefix`, as the caller wrote it (jobs[7].name,
-    filter.states)."""
+    """A refusal inside names its field within `prefix` (filter.states)."""
     try:
         yield
     except InvalidArgument as exc:
-        raise InvalidArgument(f"{prefix}{exc.field}", exc.problem) from None
+        raise exc.within(prefix) from None
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_byt
             encodings.append(encoding)
             keys.append(text(item.idempotency_key, "idempotency_key") or None)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"jobs[{index}].{exc.field}", exc.problem) from None
+            raise exc.within(f"jobs[{index}].") from None
     return SharedJobs(common, ids, payloads, encodings, keys)
 
 

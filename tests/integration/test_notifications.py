@@ -11,7 +11,7 @@ import uuid
 
 import psycopg
 
-from perdured.events import CHANNEL, EventHub, JobEvent
+from perdured.events import CHANNEL, EventHub, JobEvent, entries
 
 JOBS = 300
 NOTIFY_LIMIT = 8000
@@ -43,7 +43,7 @@ def _payloads(database_url: str, change) -> list[str]:
 
 
 def _events(payloads: list[str]) -> list[JobEvent]:
-    return [event for payload in payloads for event in JobEvent.parse_all(payload)]
+    return [JobEvent.from_dict(item) for payload in payloads for item in entries(payload)]
 
 
 def test_a_batch_insert__is_announced_in_a_few_notifications_with_every_job(database_url) -> None:
