@@ -20,6 +20,10 @@ from perdure import _stream
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc
 
 FIELDS = {"Enqueue": "enqueue", "AwaitJob": "await_job"}  # the RPCs a call may stand for
+# What gRPC's client reports, as INTERNAL, when a write meets a stream that the server or a
+# lost connection has ended (a sidecar killed, a stream refused): the real status is lost.
+# The stream is gone, as after UNAVAILABLE.
+LOST_STREAM = "Internal error from Core"
 
 
 class Unsupported(Exception):
@@ -85,6 +89,8 @@ class CallStream:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
                 failure = Unsupported()
+            elif exc.code() == grpc.StatusCode.INTERNAL and exc.details() == LOST_STREAM:
+                pass  # the stream was lost: its calls fail as UNAVAILABLE (above)
             else:
                 failure = self._translate(exc.code(), exc.details() or "")
         finally:

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from perdure import InvalidArgumentError, Perdure
+from perdure._calls import LOST_STREAM
 from perdure.v1 import jobs_pb2_grpc
 
 
@@ -83,3 +84,37 @@ async def test_sdk__falls_back_to_unary_calls_on_a_sidecar_without_the_calls_str
         finally:
             await caller.stop()
     assert servicer.unary_calls.count("Enqueue") == 2 and "AwaitJob" in servicer.unary_calls
+
+
+class SidecarLosingItsFirstStream(SidecarWithoutCalls):
+    """Its first Calls stream ends as gRPC's client reports a stream that was ended (by the
+    server, or a lost connection) while it was writing: INTERNAL "Internal error from Core",
+    the real status lost. Later Calls are UNIMPLEMENTED, so the SDK goes on with unary RPCs."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel)
+        self.streams = 0
+
+    async def Calls(self, request_iterator, context):  # noqa: N802
+        self.streams += 1
+        if self.streams == 1:
+            await context.abort(grpc.StatusCode.INTERNAL, LOST_STREAM)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "")
+
+
+async def test_sdk__a_calls_stream_lost_in_a_write_is_unavailable_and_the_enqueue_is_sent_again(
+        sidecar, make_client) -> None:
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        servicer = SidecarLosingItsFirstStream(channel)
+        server = grpc.aio.server()
+        jobs_pb2_grpc.add_JobsServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            caller = make_client(address=f"127.0.0.1:{port}")
+            async with caller:
+                handle = await caller.enqueue("calls:lost", 1)
+                assert (await handle.details()).id == handle.id
+        finally:
+            await server.stop(None)
+    assert servicer.streams == 2 and servicer.unary_calls == ["Enqueue"]
