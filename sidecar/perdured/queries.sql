@@ -316,10 +316,14 @@ WITH outcome AS (
     WHERE j.id = d.id
     RETURNING {finished_job_columns}
 ), history AS (
+    -- The attempts of the jobs `finished` updates: exactly the decided ones, which are locked.
+    -- (Joined to the outcomes again instead, the generic plan, which expects 10 outcomes,
+    -- compared every finished job with every outcome: quadratic in the batch, 13 of the 19 ms
+    -- of a finish of 256.)
     UPDATE perdure.attempts AS h
-    SET ended_at = now(), outcome = o.attempt_outcome, error = o.error
-    FROM finished f JOIN outcome o ON o.id = f.id
-    WHERE h.job_id = f.id AND h.number = f.attempt
+    SET ended_at = now(), outcome = d.attempt_outcome, error = d.error
+    FROM decided d
+    WHERE h.job_id = d.id AND h.number = d.attempt
 )
 SELECT * FROM finished
 
@@ -443,12 +447,16 @@ WHERE state IN ('pending', 'suspended') AND namespace = %(namespace)s AND name =
 -- record_steps --
 -- Record step outcomes, each only while its job runs under the same attempt. A succeeded
 -- step is final; a failed one is replaced by a later outcome.
+-- Each step's job is looked up by primary key (OFFSET 0 keeps the lateral subquery apart).
+-- Joined plainly, a plan made when few jobs ran would read every running job (jobs_leases)
+-- for each batch of steps, and go on doing so once thousands run.
 INSERT INTO perdure.steps AS s (job_id, name, status, attempt, result, result_encoding, error)
 SELECT r.job_id, r.name, r.status, r.attempt, r.result, r.result_encoding, r.error
 FROM unnest(%(job_id)s::uuid[], %(attempt)s::int[], %(name)s::text[], %(status)s::text[],
             %(result)s::bytea[], %(result_encoding)s::text[], %(error)s::jsonb[])
      AS r(job_id, attempt, name, status, result, result_encoding, error)
-JOIN perdure.jobs j ON j.id = r.job_id AND j.attempt = r.attempt AND j.state = 'running'
+CROSS JOIN LATERAL (SELECT FROM perdure.jobs j
+                    WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.state = 'running' OFFSET 0) AS running
 ON CONFLICT (job_id, name) DO UPDATE
 SET status = excluded.status, attempt = excluded.attempt, result = excluded.result,
     result_encoding = excluded.result_encoding, error = excluded.error, recorded_at = now()
