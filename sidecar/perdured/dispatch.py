@@ -93,6 +93,10 @@ class WorkerSession:
     batches: bool = False  # the worker reads batches of assignments and acknowledgements
     draining: bool = False  # the worker asked for no more assignments
     reserved: int = 0  # slots promised to jobs being inserted straight onto this worker
+    # Assignments the worker has answered, their outcomes being committed: their slots are
+    # free already ("at most `concurrency` unanswered", workers.proto), so that the next
+    # claim need not wait for the commit.
+    answered: int = 0
     # Set while the outbox has room; the worker's messages are read only then (see _read).
     room: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
 
@@ -108,7 +112,7 @@ class WorkerSession:
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.draining else self.concurrency - len(self.assignments) - self.reserved
+        return 0 if self.draining else self.concurrency - len(self.assignments) + self.answered - self.reserved
 
     def send(self, message: workers_pb2.SidecarMessage) -> None:
         self.outbox.put_nowait(message)
@@ -243,6 +247,7 @@ class Dispatcher:
         self._spawn(self._forget_worker(session.id))
         lost = [a for a in session.assignments.values() if not a.ended and not a.finishing]
         session.assignments.clear()
+        session.answered = 0
         log.info("worker.disconnected", worker_id=session.id, jobs_returned=len(lost))
         for assignment in lost:
             self._forget(assignment)
@@ -335,6 +340,8 @@ class Dispatcher:
             assignment = await self._take(session, outcome)
             if assignment is not None:
                 taken.append((outcome, assignment, self._outcome_record(assignment, outcome)))
+        if taken and session.id in self.sessions:
+            self.on_capacity(session.group)  # answered: their slots are free (see WorkerSession)
         await asyncio.gather(*(self._record_outcomes(session, taken[start:start + FINISH_BATCH])
                                for start in range(0, len(taken), FINISH_BATCH)))
 
@@ -377,6 +384,7 @@ class Dispatcher:
             session.send(_ack(outcome, recorded=False, state=end_state))
             return None
         assignment.finishing = True
+        session.answered += 1
         if assignment.timer:
             assignment.timer.cancel()
         return assignment
@@ -579,6 +587,8 @@ class Dispatcher:
     def _release_slot(self, assignment: Assignment) -> None:
         session = assignment.session
         if session.assignments.pop(assignment.key, None) is not None:
+            if assignment.finishing:
+                session.answered -= 1
             self._forget(assignment)
             if session.id in self.sessions:
                 self.on_capacity(session.group)

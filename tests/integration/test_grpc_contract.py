@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,11 +36,14 @@ def count_jobs(db) -> int:
 
 
 class RawWorker:
-    """A worker speaking the Work stream by hand."""
+    """A worker speaking the Work stream by hand. Messages of different kinds may come in any
+    order (an assignment for a slot just answered may overtake that answer's acknowledgement):
+    `next` takes the first of the kind asked for and keeps the others for later."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.call = workers_pb2_grpc.WorkersStub(channel).Work()
         self.inbox: asyncio.Queue[workers_pb2.SidecarMessage] = asyncio.Queue()
+        self._held: list[workers_pb2.SidecarMessage] = []
         self._reader: asyncio.Task[None] | None = None
 
     async def _read(self) -> None:
@@ -55,13 +59,20 @@ class RawWorker:
         return await self.next("registered")  # type: ignore[return-value]
 
     async def next(self, kind: str, timeout: float = 30) -> object:
-        message = await asyncio.wait_for(self.inbox.get(), timeout)
-        assert message.WhichOneof("kind") == kind, message
+        for index, message in enumerate(self._held):
+            if message.WhichOneof("kind") == kind:
+                return getattr(self._held.pop(index), kind)
+        async with asyncio.timeout(timeout):
+            while (message := await self.inbox.get()).WhichOneof("kind") != kind:
+                self._held.append(message)
         return getattr(message, kind)
 
-    async def answer(self, job_id: str, attempt: int, **result: object) -> workers_pb2.OutcomeAck:
+    async def send_outcome(self, job_id: str, attempt: int, **result: object) -> None:
         await self.call.write(workers_pb2.WorkerMessage(outcome=workers_pb2.Outcome(
             job_id=job_id, attempt=attempt, **result)))  # type: ignore[arg-type]
+
+    async def answer(self, job_id: str, attempt: int, **result: object) -> workers_pb2.OutcomeAck:
+        await self.send_outcome(job_id, attempt, **result)
         return await self.next("ack")  # type: ignore[return-value]
 
 
@@ -197,6 +208,25 @@ async def test_work_stream__never_sends_more_than_the_free_slots(jobs, channel, 
     await worker.answer(first[0].job_id, 1, success=json_payload(None))
     third = await worker.next("assignment")
     assert third.job_id not in {a.job_id for a in first} and third.job_id in ids
+    worker.call.cancel()
+
+
+async def test_work_stream__a_slot_is_free_once_answered_while_the_outcome_is_committed(
+        jobs, channel, db, database_url) -> None:
+    """"At most `concurrency` unanswered": the next job need not wait for the commit of the
+    last one's outcome (here held up by a lock on its row)."""
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    first, second = [(await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job.id for _ in range(2)]
+    assert (await worker.next("assignment")).job_id == first
+    with psycopg.connect(database_url) as locker:  # in a transaction until the block ends
+        locker.execute("SELECT FROM perdure.jobs WHERE id = %s FOR UPDATE", (first,))
+        await worker.send_outcome(first, 1, success=json_payload(None))
+        # Well within the sidecar's lock wait (2 s), after which the finish would give up.
+        assert (await worker.next("assignment", timeout=1.5)).job_id == second
+        assert db.execute("SELECT state FROM perdure.jobs WHERE id = %s", (first,)).fetchone() == ("running",)
+    ack = await worker.next("ack")
+    assert (ack.job_id, ack.recorded, ack.state) == (first, True, types_pb2.JOB_STATE_SUCCESS)
     worker.call.cancel()
 
 

@@ -14,14 +14,17 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.e2e.test_failures import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_SDK = ROOT / "sdk_examples" / "node"
@@ -208,3 +211,49 @@ def problems(expect: dict[str, Any], report: dict[str, Any], server: Server) -> 
         if key in expect and len(server.of(job, event)) != expect[key]:
             found.append(f"{key}: expected {expect[key]}, the server reported {server.of(job, event)}")
     return found
+
+
+# -- a Node.js worker process (node_reconnect_worker.js) ----------------------------------------
+
+NODE_WORKER = Path(__file__).with_name("node_reconnect_worker.js")
+
+
+@dataclass
+class NodeWorker:
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def started(self, pattern: str) -> int:
+        return len(list(self.directory.glob(f"started-{pattern}-{self.pid}")))
+
+
+@pytest.fixture
+def node_worker(node_sdk: Path, tmp_path: Path) -> Iterator[object]:
+    """Start node_reconnect_worker.js on a sidecar; it is killed after the test."""
+    started: list[NodeWorker] = []
+
+    async def start(address: str, concurrency: int) -> NodeWorker:
+        directory = tmp_path / "shared"
+        directory.mkdir(exist_ok=True)
+        process = subprocess.Popen(["node", str(NODE_WORKER), "--address", address, "--dir", str(directory),
+                                    "--concurrency", str(concurrency)])
+        worker = NodeWorker(process, directory)
+        started.append(worker)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the Node.js worker exited with {process.returncode} before serving")
+            return (directory / f"ready-{process.pid}").exists()
+
+        await eventually(ready, "the Node.js worker to register")
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGKILL)
+            worker.process.wait(10)

@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 'use strict';
 /**
- * A Node.js worker for tests/polyglot/test_node_reconnect.py: it serves two functions through
- * a perdured sidecar and leaves files in a directory it shares with the test, so that the test
- * can follow it while it kills and restarts the sidecar.
+ * A Node.js worker for tests/polyglot (test_node_reconnect.py, test_node_worker.py): it serves
+ * two functions through a perdured sidecar and leaves files in a directory it shares with the
+ * test, so that the test can follow it while it kills and restarts the sidecar, or holds a job.
  *
  *     node node_reconnect_worker.js --address HOST:PORT --dir DIR --concurrency N
  *

@@ -8,63 +8,13 @@ The worker here is tests/polyglot/node_reconnect_worker.js, on the Node.js SDK."
 
 from __future__ import annotations
 
-import signal
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
-
 from perdure import Perdure
 from tests.e2e.test_failures import WAIT, eventually, free_port
 
-WORKER = Path(__file__).with_name("node_reconnect_worker.js")
 ROUNDS = 4
 IN_FLIGHT = 30  # jobs running when the sidecar dies; also the worker's concurrency
 ECHOES = 20
 LEASE = 3.0  # seconds: the jobs the dead sidecar held come back within the test's waits
-
-
-@dataclass
-class NodeWorker:
-    process: subprocess.Popen[bytes]
-    directory: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def started(self, pattern: str) -> int:
-        return len(list(self.directory.glob(f"started-{pattern}-{self.pid}")))
-
-
-@pytest.fixture
-def node_worker(node_sdk: Path, tmp_path: Path) -> Iterator[object]:
-    """Start node_reconnect_worker.js on a sidecar; it is killed after the test."""
-    started: list[NodeWorker] = []
-
-    async def start(address: str, concurrency: int) -> NodeWorker:
-        directory = tmp_path / "shared"
-        directory.mkdir(exist_ok=True)
-        process = subprocess.Popen(["node", str(WORKER), "--address", address, "--dir", str(directory),
-                                    "--concurrency", str(concurrency)])
-        worker = NodeWorker(process, directory)
-        started.append(worker)
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"the Node.js worker exited with {process.returncode} before serving")
-            return (directory / f"ready-{process.pid}").exists()
-
-        await eventually(ready, "the Node.js worker to register")
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGKILL)
-            worker.process.wait(10)
 
 
 async def test_sidecar_killed__a_node_worker_with_jobs_in_flight_comes_back_on_one_stream(

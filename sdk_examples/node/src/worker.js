@@ -78,6 +78,8 @@ class Worker {
     this.logger = init.logger;
     /** @type {Map<string, Running>} */
     this.running = new Map();
+    /** Running jobs not answered yet: a slot frees when its outcome is sent, not when acknowledged. */
+    this.unanswered = 0;
     /** @type {any[]} assignments beyond the concurrency limit (the sidecar sends none: a safeguard) */
     this.queue = [];
     /** @type {Session | null} */
@@ -180,7 +182,7 @@ class Worker {
       this.workerId = value.workerId;
       for (const waiter of this._waiters.splice(0)) waiter.resolve();
     } else if (kind === 'assignment') {
-      if (this.running.size < this.concurrency) this._start(session, value);
+      if (this.unanswered < this.concurrency) this._start(session, value);
       else this.queue.push({ session, assignment: value });
     } else if (kind === 'cancel') {
       const key = `${value.jobId}/${value.attempt}`;
@@ -208,17 +210,28 @@ class Worker {
     /** @type {Running} */
     const entry = { controller, session, done: Promise.resolve() };
     this.running.set(key, entry);
-    entry.done = this._runJob(session, assignment, controller)
+    this.unanswered += 1;
+    let answered = false;
+    const onAnswered = () => {
+      if (answered) return;
+      answered = true;
+      this.unanswered -= 1;
+      const next = this.queue.shift();
+      if (next && next.session.open && !this.stopping) this._start(next.session, next.assignment);
+    };
+    entry.done = this._runJob(session, assignment, controller, onAnswered)
       .catch((err) => this.logger.error(`perdure: job ${assignment.jobId} could not be answered`, err))
       .finally(() => {
         this.running.delete(key);
-        const next = this.queue.shift();
-        if (next && next.session.open && !this.stopping) this._start(next.session, next.assignment);
+        onAnswered();
       });
   }
 
-  /** @param {Session} session @param {any} a @param {AbortController} controller */
-  async _runJob(session, a, controller) {
+  /**
+   * @param {Session} session @param {any} a @param {AbortController} controller
+   * @param {() => void} onAnswered called once the outcome is sent: the job's slot is free
+   */
+  async _runJob(session, a, controller, onAnswered) {
     const recorded = new Map(a.steps.filter((/** @type {any} */ s) => s.status === StepStatus.SUCCEEDED)
       .map((/** @type {any} */ s) => [s.name, serde.decodeResult(s.result)]));
     const call = serde.safeDecodeCall(a.payload);
@@ -265,7 +278,9 @@ class Worker {
         outcome = { case: 'failure', value: error };
       }
     }
-    const ack = await this._sendOutcome(session, a.jobId, a.attempt, outcome);
+    const acknowledged = this._sendOutcome(session, a.jobId, a.attempt, outcome);
+    onAnswered();
+    const ack = await acknowledged;
     if (ack === null || (!ack.recorded && error === null)) return;
     if (outcome.case === 'success') {
       await this.emit('job:success', { ...info, result });

@@ -3,8 +3,10 @@
 // One `Work` stream per SDK process. The first message registers what the
 // process serves; then the sidecar sends assignments, at most `concurrency`
 // unanswered at a time, and the worker answers each with an outcome. The
-// sidecar acknowledges an outcome only after it is committed. If the stream
-// drops, every job it held goes back to pending at once (counted as an attempt).
+// sidecar acknowledges an outcome only after it is committed. A slot is free
+// once its job is answered: the next assignment may come before that answer's
+// acknowledgement. If the stream drops, every job it held goes back to pending
+// at once (counted as an attempt).
 //
 // Batches: under load, many assignments, outcomes and acknowledgements are ready at
 // once. Each side may then pack a run of them into one message (`assignments`,
