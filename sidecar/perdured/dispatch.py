@@ -146,6 +146,8 @@ class Dispatcher:
         # Set by the sidecar: a job finished here (committed); local awaiters need not wait for
         # the notification's round trip through the database.
         self.on_finished: Callable[[dict[str, Any]], None] = lambda row: None
+        # Whether someone awaits a job here: its finish returns the whole row for them.
+        self.awaited: Callable[[uuid.UUID], bool] = lambda job_id: True
 
     # -- the Work stream ------------------------------------------------------------------
 
@@ -567,7 +569,7 @@ class Dispatcher:
 
     async def _finish_batch(self, records: list[Outcome]) -> list[str | None | Exception]:
         try:
-            rows = await self.store.finish(records)
+            rows = await self.store.finish(records, self.awaited)
         except psycopg.errors.LockNotAvailable:
             if len(records) == 1:
                 raise

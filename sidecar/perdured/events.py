@@ -126,14 +126,21 @@ class EventHub:
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
 
+    def awaited(self, job_id: uuid.UUID) -> bool:
+        """Whether someone awaits the job here now."""
+        return job_id in self._job_waiters
+
     def job_finished(self, row: dict[str, Any]) -> None:
-        """A job finished on this sidecar (committed): wake its awaiters with the row itself."""
-        if row["state"] == "success":
+        """A job finished on this sidecar (committed): wake its awaiters with the row itself.
+        A row in brief (`whole` false: nobody awaited the job when its outcome was written)
+        is not an answer: it wakes those who came since to read the job."""
+        whole = row.get("whole", True)
+        if whole and row["state"] == "success":
             self._succeeded[row["id"]] = (time.monotonic(), row)
             if len(self._succeeded) > RECENT_SUCCESSES:
                 self._succeeded.popitem(last=False)
         for waiter in self._job_waiters.get(row["id"], ()):
-            waiter.row = row
+            waiter.row = row if whole else None
             waiter.set()
 
     async def run(self) -> None:

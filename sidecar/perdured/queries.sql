@@ -273,6 +273,7 @@ WHERE NOT d.declared AND f.namespace = %(namespace)s AND f.name = d.name
 
 -- finish --
 -- Record attempt outcomes, each only if its job is still running under the same attempt.
+-- Returns the whole row of the jobs whose `whole` is true, the rest in brief (see store.py).
 -- kind: success | failure | released | suspended. A failure retries after `retry_delay` unless it is
 -- non-retryable or the attempts are used up, then the job is dead. A release (the sidecar
 -- shutting down) neither kills the job nor counts toward its attempts; nor does a suspension,
@@ -280,9 +281,10 @@ WHERE NOT d.declared AND f.namespace = %(namespace)s AND f.name = d.name
 WITH outcome AS (
     SELECT * FROM unnest(%(id)b::uuid[], %(attempt)b::int[], %(kind)b::text[], %(result)b::bytea[],
                          %(result_encoding)b::text[], %(error)b::jsonb[], %(non_retryable)b::bool[],
-                         %(retry_delay)b::interval[], %(attempt_outcome)b::text[], %(waiting_for)b::text[])
+                         %(retry_delay)b::interval[], %(attempt_outcome)b::text[], %(waiting_for)b::text[],
+                         %(whole)b::bool[])
         AS o(id, attempt, kind, result, result_encoding, error, non_retryable, retry_delay, attempt_outcome,
-             waiting_for)
+             waiting_for, whole)
 ), locked AS MATERIALIZED (
     -- Each outcome's job, locked through its primary key, in id order: renew_leases takes
     -- rows in the same order (two statements locking the same rows in different orders can
@@ -314,7 +316,7 @@ WITH outcome AS (
         lease_expires_at = NULL, sidecar_id = NULL, worker_id = NULL
     FROM decided d
     WHERE j.id = d.id
-    RETURNING {finished_job_columns}
+    RETURNING {finished_job_columns_if_whole}
 ), history AS (
     -- The attempts of the jobs `finished` updates: exactly the decided ones, which are locked.
     -- (Joined to the outcomes again instead, the generic plan, which expects 10 outcomes,

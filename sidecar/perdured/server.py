@@ -126,7 +126,7 @@ class Sidecar:
         events.subscribe(dispatcher.on_event, dispatcher.EVENT_KINDS)
         events.on_reconnect(scheduler.on_reconnect)
         events.on_function_changed(scheduler.on_function_changed)
-        dispatcher.on_finished = events.job_finished
+        dispatcher.on_finished, dispatcher.awaited = events.job_finished, events.awaited
         self.dispatcher = dispatcher
         self._tasks += [
             asyncio.create_task(scheduler.run(), name="scheduler"),

@@ -230,6 +230,30 @@ async def test_work_stream__a_slot_is_free_once_answered_while_the_outcome_is_co
     worker.call.cancel()
 
 
+async def test_await_job__that_came_while_the_outcome_was_committed__answers_the_whole_job(
+        jobs, channel, database_url) -> None:
+    """A finish returns the whole row only of the jobs someone awaits when it is written; an
+    AwaitJob that comes while it is being committed (held up here by a lock on the row) still
+    answers the whole job."""
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [7]}),
+                                                      labels={"team": "a"}))).job
+    await worker.next("assignment")
+    with psycopg.connect(database_url) as locker:  # in a transaction until the block ends
+        locker.execute("SELECT FROM perdure.jobs WHERE id = %s FOR UPDATE", (job.id,))
+        await worker.send_outcome(job.id, 1, success=json_payload(14))
+        await asyncio.sleep(0.3)  # the finish, written while nobody awaits, waits for the lock
+        waiting = asyncio.ensure_future(jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id)))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+    done = await waiting
+    assert done.done and done.job.state == types_pb2.JOB_STATE_SUCCESS and json.loads(done.job.result.data) == 14
+    assert json.loads(done.job.payload.data) == {"args": [7]} and dict(done.job.labels) == {"team": "a"}
+    assert done.job.HasField("created_at") and done.job.HasField("finished_at") and done.job.retry.max_attempts == 3
+    worker.call.cancel()
+
+
 async def test_work_stream__a_worker_that_reads_batches_gets_the_jobs_claimed_together_in_one_message(
         jobs, channel, db) -> None:
     requests = [jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [n]})) for n in range(5)]

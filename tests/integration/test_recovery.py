@@ -13,7 +13,7 @@ from perdured.metrics import Metrics
 from perdured.migrate import SchemaTooNew, load_migrations, migrate
 from perdured.store import Outcome, Store
 
-from ..conftest import start_sidecar
+from ..conftest import new_job, start_sidecar
 
 
 def fabricate_running(db, name: str, *, attempt: int, max_attempts: int, expired: bool) -> str:
@@ -254,3 +254,22 @@ async def test_store__a_statement_aborted_to_break_a_deadlock_is_run_again(datab
         assert store.metrics.registry.get_sample_value("perdure_database_errors_total") == 1  # it happened, once
     finally:
         await store.close()
+
+
+async def test_store_finish__returns_whole_rows_only_of_the_jobs_asked_for(database_url) -> None:
+    """The rest come in brief (what the sidecar itself uses), their other columns null."""
+    store = await Store.open(database_url, 1)
+    try:
+        jobs = [new_job("finish", "finish:noop") for _ in range(2)]
+        await store.enqueue(jobs, sidecar_id="sidecar", lease=30)
+        claimed = await store.claim("finish", ["finish:noop"], ["worker"] * 2, 30, "sidecar")
+        rows = await store.finish([Outcome(row["id"], row["attempt"], "success", "succeeded", result=b"1",
+                                           result_encoding="json") for row in claimed],
+                                  whole=lambda job_id: job_id == jobs[0].id)
+    finally:
+        await store.close()
+    awaited, other = rows[(jobs[0].id, 1)], rows[(jobs[1].id, 1)]
+    assert awaited["whole"] and awaited["payload"] == b"[]" and awaited["result"] == b"1"
+    assert awaited["created_at"] is not None and awaited["labels"] == {}
+    assert not other["whole"] and (other["namespace"], other["name"], other["state"]) == ("finish", "finish:noop", "success")
+    assert other["payload"] is None and other["result"] is None and other["created_at"] is None
