@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ import psycopg
 
 from perdured.batcher import Batcher
 from perdured.dispatch import Dispatcher, Group, WorkerSession
-from perdured.events import JobEvent
+from perdured.events import EventHub, JobEvent
 from perdured.logs import log
 from perdured.store import Store
 from perdured.validation import InvalidArgument, NewJob, SharedJobs
@@ -72,6 +72,8 @@ class Scheduler:
         # groups whose functions have not been looked up yet.
         self._controlled: set[tuple[str, str]] = set()
         self._unchecked: set[Group] = set()
+        self._events: EventHub | None = None  # see listen()
+        self._unsubscribe: Callable[[], None] | None = None
         self._enqueued_since_analyze = 0
         self._analyzed_at = -ANALYZE_INTERVAL
         self._analyzing: asyncio.Task[None] | None = None
@@ -158,7 +160,26 @@ class Scheduler:
         except psycopg.Error as exc:  # a missed refresh only leaves it to autovacuum
             log.warning("statistics.analyze_failed", error=str(exc))
 
-    EVENT_KINDS = RUNNABLE | FREES_SLOT  # the events on_event acts on ("enqueued" is runnable)
+    def listen(self, events: EventHub) -> None:
+        """Take from `events` what on_event acts on: the kinds after which a job is runnable
+        ("enqueued" among them), and once a function is under flow control, the ends that free
+        its slots. (Until then, an end is not even read: in a drain, one per job.)"""
+        self._events = events
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        if self._events is None:
+            return
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self._unsubscribe = self._events.subscribe(self.on_event, RUNNABLE | FREES_SLOT if self._controlled else RUNNABLE)
+
+    def _control(self, namespace: str, name: str) -> None:
+        """The function is under flow control (for good: rows are never removed)."""
+        first = not self._controlled
+        self._controlled.add((namespace, name))
+        if first:
+            self._subscribe()  # its ends free slots now
 
     def on_event(self, event: JobEvent) -> None:
         if event.kind == "enqueued":  # of any function: they share the table
@@ -182,7 +203,7 @@ class Scheduler:
 
     def on_function_changed(self, namespace: str, name: str) -> None:
         """A function came under flow control, or its limits changed."""
-        self._controlled.add((namespace, name))
+        self._control(namespace, name)
         if (group := self.dispatcher.serves(namespace, name)) is not None:
             self._runnable(group)
 
@@ -310,7 +331,7 @@ class Scheduler:
         while self._unchecked:
             namespace, names = self._unchecked.pop()
             for name in await self.store.controlled_functions(namespace, sorted(names)):
-                self._controlled.add((namespace, name))
+                self._control(namespace, name)
 
 
 def _taking_turns(free: dict[str, int]) -> Iterator[str]:

@@ -122,7 +122,7 @@ class Sidecar:
                                 max_worker_concurrency=settings.max_worker_concurrency)
         scheduler = Scheduler(store, dispatcher, sidecar_id=self.id, lease=settings.lease,
                               poll_interval=settings.poll_interval)
-        events.subscribe(scheduler.on_event, scheduler.EVENT_KINDS)
+        scheduler.listen(events)
         events.subscribe(dispatcher.on_event, dispatcher.EVENT_KINDS)
         events.on_reconnect(scheduler.on_reconnect)
         events.on_function_changed(scheduler.on_function_changed)

@@ -174,6 +174,31 @@ async def test_function_concurrency__never_more_than_the_limit_whatever_the_work
     assert most_at_once([(start, end) for _, _, start, end in rows]) <= 2
 
 
+async def test_function_concurrency__a_job_that_ends_lets_a_waiting_one_start_at_once(sidecar, make_client) -> None:
+    """The end's notification wakes the claim (the safety poll is two minutes away): here a
+    cancellation, which frees the function's only slot while the worker still has room."""
+    worker = make_client(worker_concurrency=2)
+    started: list[int] = []
+
+    @worker.durable("limited:hold", concurrency=1)
+    async def hold(n: int) -> int:
+        started.append(n)
+        if n == 1:
+            await asyncio.Event().wait()  # until cancelled
+        return n
+
+    async with worker:
+        await worker.wait_until_serving()
+        first = await worker.enqueue("limited:hold", 1)
+        while started != [1]:
+            await asyncio.sleep(0.02)
+        second = await worker.enqueue("limited:hold", 2)
+        await asyncio.sleep(0.3)
+        assert await second.status() == "pending"  # the limit holds it back
+        assert await first.cancel()
+        assert await second.result(timeout=10) == 2
+
+
 async def test_rate_limit__never_more_starts_per_period_across_sidecars(three_sidecars, make_client, db) -> None:
     workers = workers_on(three_sidecars[:2], make_client, worker_concurrency=5)
     for worker in workers:
