@@ -287,8 +287,9 @@ class Dispatcher:
         return None
 
     def runs(self, job_id: uuid.UUID, namespace: str) -> bool:
-        """Whether the job runs on one of our workers (its outcome perhaps being recorded: once
-        committed, a job that ended is announced before the attempt is forgotten)."""
+        """Whether the job runs on one of our workers, its outcome perhaps being recorded: if
+        so, its end wakes the awaiters here (on_finished), and once that is committed, this
+        says no (see _finish_batch)."""
         assignment = self._by_job.get(job_id)
         return assignment is not None and assignment.namespace == namespace and not assignment.ended
 
@@ -581,7 +582,12 @@ class Dispatcher:
                 except psycopg.Error as exc:
                     results.append(exc)
             return results
-        for row in rows.values():
+        for (job_id, attempt), row in rows.items():
+            # Committed: the job no longer runs here (runs()), at once, not when its slot is
+            # released a moment later. An AwaitJob that comes in between reads the job; else
+            # it would wait for this wake-up, gone already (and the notification too, maybe).
+            if (assignment := self._by_job.get(job_id)) is not None and assignment.attempt == attempt:
+                del self._by_job[job_id]
             if row["state"] in TERMINAL_STATES:
                 self.on_finished(row)
         return [rows[key]["state"] if (key := (r.job_id, r.attempt)) in rows else None for r in records]

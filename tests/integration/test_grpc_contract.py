@@ -254,6 +254,31 @@ async def test_await_job__that_came_while_the_outcome_was_committed__answers_the
     worker.call.cancel()
 
 
+async def test_await_job__that_came_just_after_the_outcome_was_committed__reads_the_job(
+        sidecar, jobs, channel) -> None:
+    """Once a job's end is committed and announced, the sidecar no longer says it runs the job,
+    not even for the moment before its slot is released: an AwaitJob that came then would wait
+    for an announcement already made (until its wait ran out), rather than read the job."""
+    dispatcher = sidecar.dispatcher
+    announce = dispatcher.on_finished
+    still_running: list[bool] = []
+
+    def on_finished(row: dict[str, object]) -> None:
+        announce(row)
+        still_running.append(dispatcher.runs(row["id"], row["namespace"]))  # type: ignore[arg-type]
+
+    dispatcher.on_finished = on_finished
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job
+    await worker.next("assignment")
+    assert (await worker.answer(job.id, 1, success=json_payload(3))).recorded
+    assert still_running == [False]
+    done = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id))
+    assert done.done and json.loads(done.job.result.data) == 3
+    worker.call.cancel()
+
+
 async def test_work_stream__a_worker_that_reads_batches_gets_the_jobs_claimed_together_in_one_message(
         jobs, channel, db) -> None:
     requests = [jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [n]})) for n in range(5)]
