@@ -51,9 +51,10 @@ WITH new_jobs AS (
 )
 SELECT * FROM inserted
 
--- jobs_analyzed_within --
--- Whether the jobs table was analysed (by hand, a sidecar or autovacuum) in the last `within`.
-SELECT coalesce(greatest(last_analyze, last_autoanalyze) > now() - %(within)s, false) AS analyzed
+-- jobs_analyzed_since --
+-- Whether the jobs table was analysed (by hand, a sidecar or autovacuum) after `since` (Unix
+-- seconds).
+SELECT coalesce(greatest(last_analyze, last_autoanalyze) > to_timestamp(%(since)s::float8), false) AS analyzed
 FROM pg_stat_user_tables WHERE relid = 'perdure.jobs'::regclass
 
 -- analyze_jobs --

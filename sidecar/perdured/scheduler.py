@@ -41,9 +41,12 @@ LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried a
 # few jobs were runnable. After a large enqueue (a backlog of a new function, say) the planner
 # would go on believing so, and claims would read and sort the whole backlog until autovacuum
 # looks again, a minute or more later. So after hearing of ANALYZE_AFTER jobs enqueued (by any
-# sidecar, or in an application's own transactions), a sidecar runs ANALYZE itself, one at a
-# time, and not if the table was analysed in the last ANALYZE_INTERVAL seconds (by another
-# sidecar that heard the same enqueues, or by autovacuum).
+# sidecar, or in an application's own transactions), a sidecar runs ANALYZE itself, unless the
+# table was analysed after the last of them (by another sidecar that heard the same enqueues,
+# or by autovacuum): one at a time, at most one per ANALYZE_INTERVAL seconds; one due sooner
+# waits. (Skipped instead, a backlog enqueued within the interval after an analysis was
+# claimed by reading all of it, every claim: a drain of 50,000 jobs went 2,000 jobs/s
+# instead of 6,000.)
 ANALYZE_AFTER, ANALYZE_INTERVAL = 10_000, 10.0
 
 # The most slots one claim offers: a worker with thousands of free slots is filled by several
@@ -83,6 +86,7 @@ class Scheduler:
         self._unsubscribe: Callable[[], None] | None = None
         self._enqueued_since_analyze = 0
         self._analyzed_at = -ANALYZE_INTERVAL
+        self._last_enqueued_at = 0.0  # the database's clock (Unix seconds)
         self._analyzing: asyncio.Task[None] | None = None
         # Group commit: concurrent Enqueue calls share one INSERT and one commit, one insert at
         # a time: under load the calls that arrive during an insert all go in the next, which
@@ -150,20 +154,23 @@ class Scheduler:
     async def _insert(self, jobs: list[NewJob]) -> list[tuple[dict[str, Any], bool] | InvalidArgument]:
         return await self.store.enqueue(jobs, sidecar_id=self.sidecar_id, lease=self.lease)
 
-    def _heard_enqueued(self) -> None:
-        """A job was enqueued somewhere: after many, refresh the statistics (see ANALYZE_AFTER)."""
+    def _heard_enqueued(self, at: float) -> None:
+        """A job was enqueued somewhere at `at` (the database's clock): after many, refresh the
+        statistics (see ANALYZE_AFTER)."""
         self._enqueued_since_analyze += 1
-        if self._enqueued_since_analyze < ANALYZE_AFTER:
+        self._last_enqueued_at = max(self._last_enqueued_at, at)
+        if self._enqueued_since_analyze < ANALYZE_AFTER or (self._analyzing is not None and not self._analyzing.done()):
             return
-        now = asyncio.get_running_loop().time()
-        if now - self._analyzed_at < ANALYZE_INTERVAL or (self._analyzing is not None and not self._analyzing.done()):
-            return
-        self._enqueued_since_analyze, self._analyzed_at = 0, now
         self._analyzing = asyncio.create_task(self._analyze())
 
     async def _analyze(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self._analyzed_at + ANALYZE_INTERVAL - loop.time()))
+        # Enqueues heard from now on count toward the next analysis; this one covers those
+        # heard until it starts.
+        self._enqueued_since_analyze, self._analyzed_at = 0, loop.time()
         try:
-            await self.store.analyze_jobs(unless_within=ANALYZE_INTERVAL)
+            await self.store.analyze_jobs(unless_since=self._last_enqueued_at)
         except psycopg.Error as exc:  # a missed refresh only leaves it to autovacuum
             log.warning("statistics.analyze_failed", error=str(exc))
 
@@ -190,7 +197,7 @@ class Scheduler:
 
     def on_event(self, event: JobEvent) -> None:
         if event.kind == "enqueued":  # of any function: they share the table
-            self._heard_enqueued()
+            self._heard_enqueued(event.at)
         if (group := self.dispatcher.serves(event.namespace, event.name)) is None:
             return
         if event.kind in FREES_SLOT and (event.namespace, event.name) in self._controlled:

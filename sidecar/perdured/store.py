@@ -346,10 +346,11 @@ class Store:
             lag = (row["claimed_at"] - row["run_at"]).total_seconds() if row.get("claimed_at") else 0.0
             self.metrics.scheduling_lag.labels(row["namespace"], row["name"]).observe(max(lag, 0.0))
 
-    async def analyze_jobs(self, *, unless_within: float) -> bool:
-        """ANALYZE the jobs table, unless it was analysed in the last `unless_within` seconds;
-        returns whether it was (or was tried: another ANALYZE or a VACUUM may hold it)."""
-        (row,) = await self._all("jobs_analyzed_within", {"within": timedelta(seconds=unless_within)})
+    async def analyze_jobs(self, *, unless_since: float) -> bool:
+        """ANALYZE the jobs table, unless it was analysed after `unless_since` (Unix seconds, by
+        the database's clock); returns whether it was (or was tried: another ANALYZE or a VACUUM
+        may hold it)."""
+        (row,) = await self._all("jobs_analyzed_since", {"since": unless_since})
         if row["analyzed"]:
             return False
         await self._all("analyze_jobs", {})
