@@ -50,15 +50,8 @@ LOCKED_RETRY = 1.0  # seconds before a claim that found its lock held is tried a
 ANALYZE_AFTER, ANALYZE_INTERVAL = 10_000, 10.0
 
 # The most slots one claim offers: a worker with thousands of free slots is filled by several
-# claims, so that no statement, result or buffer grows with a worker's concurrency. And claim
-# rounds run up to CONCURRENT_CLAIMS at a time: while one claim's statement runs, the slots
-# freed meanwhile are claimed by the next, so that the database, the sidecar and the workers
-# work side by side instead of in turn. (Draining 30,000 jobs into one worker of 256 slots,
-# claims of 128, two at a time, were 0-23% faster than claims of 512 one at a time, about 5%
-# in the median of ten interleaved pairs, for 3% more sidecar instructions per job; claims of
-# 256 or 512 two at a time gained nothing: one claim took every free slot.)
-CLAIM_LIMIT = 128
-CONCURRENT_CLAIMS = 2
+# claims in a row, so that no statement, result or buffer grows with a worker's concurrency.
+CLAIM_LIMIT = 512
 
 
 class Scheduler:
@@ -259,34 +252,22 @@ class Scheduler:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        rounds: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                poll = loop.call_later(self.poll_interval, self._on_poll)  # the safety poll
-                await self._wake.wait()
-                poll.cancel()
-                while len(rounds) >= CONCURRENT_CLAIMS:
-                    await asyncio.wait(rounds, return_when=asyncio.FIRST_COMPLETED)
-                self._wake.clear()  # what wakes it from now on is for a round after this one
-                task = asyncio.create_task(self._claim_round_or_retry())
-                rounds.add(task)
-                task.add_done_callback(rounds.discard)
-        finally:
-            for task in rounds:
-                task.cancel()
-
-    async def _claim_round_or_retry(self) -> None:
-        try:
-            await self.claim_round()
-        except Exception as exc:
-            log.error("scheduler.claim_failed", error=str(exc))
-            await asyncio.sleep(min(self.poll_interval, 1.0))
-            self._wake.set()
+        while True:
+            poll = loop.call_later(self.poll_interval, self._on_poll)  # the safety poll
+            await self._wake.wait()
+            poll.cancel()
+            self._wake.clear()
+            try:
+                await self.claim_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("scheduler.claim_failed", error=str(exc))
+                await asyncio.sleep(min(self.poll_interval, 1.0))
+                self._wake.set()
 
     async def claim_round(self) -> int:
-        """Claim for every group with free slots until none is left or nothing more is runnable.
-        Another round may run meanwhile: each claim reserves the slots it offers (see _claim),
-        and SKIP LOCKED keeps their jobs apart."""
+        """Claim for every group with free slots until none is left or nothing more is runnable."""
         claimed = 0
         recheck, self._recheck_timers = self._recheck_timers, False
         await self._check_controlled()
