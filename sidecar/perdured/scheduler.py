@@ -65,7 +65,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
-        self._recheck_timers = True
+        # Groups whose next run_at must be looked up again (the timer keeps only the earliest):
+        # each once a claim of theirs comes back short. A round that passes a group by (no free
+        # slot) leaves it here for a later one.
+        self._recheck: set[Group] = set()
         # Groups for which runnable jobs may be waiting: a job became runnable since their last
         # claim, or that claim filled every free slot. A claim that comes back short clears it.
         self._waiting: set[Group] = set()
@@ -221,8 +224,9 @@ class Scheduler:
 
     def _look_again(self) -> None:
         """Assume nothing: every group may have jobs waiting, now or at some later run_at."""
-        self._waiting.update(session.group for session in self.dispatcher.sessions.values())
-        self._recheck_timers = True
+        groups = {session.group for session in self.dispatcher.sessions.values()}
+        self._waiting.update(groups)
+        self._recheck.update(groups)
         self._wake.set()
 
     def _on_capacity(self, group: Group) -> None:
@@ -269,7 +273,6 @@ class Scheduler:
     async def claim_round(self) -> int:
         """Claim for every group with free slots until none is left or nothing more is runnable."""
         claimed = 0
-        recheck, self._recheck_timers = self._recheck_timers, False
         await self._check_controlled()
         for group in list(self.dispatcher.groups_with_free_slots()):
             namespace, names = group
@@ -294,7 +297,8 @@ class Scheduler:
                     self._wake.set()  # slots beyond the claim's limit: claim again at once
             else:
                 self._waiting.discard(group)
-                if recheck:
+                if group in self._recheck:
+                    self._recheck.discard(group)
                     wait = await self.store.next_run_in(namespace, sorted(names))
                     if wait is not None:
                         self._wake_in(max(wait, 0.001))

@@ -76,6 +76,37 @@ async def test_run_at__the_job_does_not_start_before_its_time(two_sidecars, make
     assert len(started) == 2
 
 
+async def test_run_at__a_later_job_starts_on_time_though_every_slot_was_busy_at_the_earlier_ones_time(
+        sidecar, make_client) -> None:
+    """The sidecar keeps a timer for the earliest run_at only, and looks the next one up when a
+    claim comes back short. Here the worker's only slot is busy when the first timer fires:
+    the look-up must wait for a claim of that worker's, not be spent on the round that passed
+    it by (the next timer would then come from the safety poll, minutes away in the tests)."""
+    worker = make_client(worker_concurrency=1)
+    release = asyncio.Event()
+    started: list[str] = []
+
+    @worker.durable("timers:run")
+    async def run(label: str) -> None:
+        started.append(label)
+        if label == "hold":
+            await release.wait()
+
+    async with worker:
+        await worker.wait_until_serving()
+        hold = await worker.enqueue("timers:run", "hold")
+        while started != ["hold"]:
+            await asyncio.sleep(0.02)
+        soon = await worker.enqueue("timers:run", "soon", delay=0.3)
+        later = await worker.enqueue("timers:run", "later", delay=1.5)
+        await asyncio.sleep(0.8)  # the first timer has fired, the slot still busy
+        release.set()
+        await hold.result(timeout=10)
+        await soon.result(timeout=10)
+        await later.result(timeout=10)
+    assert started == ["hold", "soon", "later"]
+
+
 async def test_labels__are_kept_and_filter_list_jobs(two_sidecars, make_client) -> None:
     first, second = two_sidecars
     client = make_client(address=first.address)
