@@ -72,6 +72,10 @@ class Scheduler:
         # Groups for which runnable jobs may be waiting: a job became runnable since their last
         # claim, or that claim filled every free slot. A claim that comes back short clears it.
         self._waiting: set[Group] = set()
+        # How often each group was found to have jobs waiting: a claim that comes back short
+        # clears _waiting only if no job became runnable since it began (its statement may
+        # have missed that job; an enqueue would then start a later one ahead of it).
+        self._wakeups: Counter[Group] = Counter()
         # Jobs enqueued through this sidecar whose notification has not arrived yet (ordered).
         self._announced: dict[uuid.UUID, None] = {}
         # (namespace, name) of functions under flow control (rows are never removed), and the
@@ -209,6 +213,7 @@ class Scheduler:
 
     def _runnable(self, group: Group) -> None:
         self._waiting.add(group)
+        self._wakeups[group] += 1
         self._wake.set()
 
     def on_function_changed(self, namespace: str, name: str) -> None:
@@ -226,6 +231,7 @@ class Scheduler:
         """Assume nothing: every group may have jobs waiting, now or at some later run_at."""
         groups = {session.group for session in self.dispatcher.sessions.values()}
         self._waiting.update(groups)
+        self._wakeups.update(groups)
         self._recheck.update(groups)
         self._wake.set()
 
@@ -279,6 +285,7 @@ class Scheduler:
             limited = sorted(name for name in names if (namespace, name) in self._controlled)
             plain = sorted(names.difference(limited))
             full = False  # a claim took all the slots it had: more jobs may be waiting
+            wakeups = self._wakeups[group]
             for names_claimed, limited_name in ([(plain, None)] if plain else []) + [([n], n) for n in limited]:
                 try:
                     rows, slots = await self._claim(group, names_claimed, limited_name)
@@ -295,7 +302,7 @@ class Scheduler:
                 self._waiting.add(group)
                 if group in self.dispatcher.groups_with_free_slots():
                     self._wake.set()  # slots beyond the claim's limit: claim again at once
-            else:
+            elif self._wakeups[group] == wakeups:
                 self._waiting.discard(group)
                 if group in self._recheck:
                     self._recheck.discard(group)
