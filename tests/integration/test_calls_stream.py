@@ -4,6 +4,7 @@ to unary RPCs for a sidecar that has no Calls (one from before it existed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -34,16 +35,25 @@ class SidecarWithoutCalls(jobs_pb2_grpc.JobsServicer):
         return await self.real.GetJob(request)
 
 
-@pytest.fixture
-async def old_sidecar(sidecar) -> AsyncIterator[tuple[str, SidecarWithoutCalls]]:
+@contextlib.asynccontextmanager
+async def relay(sidecar, servicer_type: type[SidecarWithoutCalls]) -> AsyncIterator[tuple[str, SidecarWithoutCalls]]:
+    """A Jobs server of `servicer_type` in front of the test sidecar: its address and itself."""
     async with grpc.aio.insecure_channel(sidecar.address) as channel:
-        servicer = SidecarWithoutCalls(channel)
+        servicer = servicer_type(channel)
         server = grpc.aio.server()
         jobs_pb2_grpc.add_JobsServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        yield f"127.0.0.1:{port}", servicer
-        await server.stop(None)
+        try:
+            yield f"127.0.0.1:{port}", servicer
+        finally:
+            await server.stop(None)
+
+
+@pytest.fixture
+async def old_sidecar(sidecar) -> AsyncIterator[tuple[str, SidecarWithoutCalls]]:
+    async with relay(sidecar, SidecarWithoutCalls) as served:
+        yield served
 
 
 async def test_sdk__enqueues_and_awaits_on_one_stream_and_many_callers_share_it(make_client) -> None:
@@ -104,17 +114,9 @@ class SidecarLosingItsFirstStream(SidecarWithoutCalls):
 
 async def test_sdk__a_calls_stream_lost_in_a_write_is_unavailable_and_the_enqueue_is_sent_again(
         sidecar, make_client) -> None:
-    async with grpc.aio.insecure_channel(sidecar.address) as channel:
-        servicer = SidecarLosingItsFirstStream(channel)
-        server = grpc.aio.server()
-        jobs_pb2_grpc.add_JobsServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            caller = make_client(address=f"127.0.0.1:{port}")
-            async with caller:
-                handle = await caller.enqueue("calls:lost", 1)
-                assert (await handle.details()).id == handle.id
-        finally:
-            await server.stop(None)
-    assert servicer.streams == 2 and servicer.unary_calls == ["Enqueue"]
+    async with relay(sidecar, SidecarLosingItsFirstStream) as (address, servicer):
+        caller = make_client(address=address)
+        async with caller:
+            handle = await caller.enqueue("calls:lost", 1)
+            assert (await handle.details()).id == handle.id
+    assert isinstance(servicer, SidecarLosingItsFirstStream) and servicer.streams == 2 and servicer.unary_calls == ["Enqueue"]
