@@ -85,6 +85,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     @_errors_as_status
     async def Enqueue(self, request: jobs_pb2.EnqueueRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.EnqueueResponse:
         job = validation.enqueue_request(request, self.max_payload_bytes)
+        self.events.expect_await(job.id)  # before: the job may end before its enqueue is answered
         row, deduplicated = await self.scheduler.enqueue(job)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
         return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)

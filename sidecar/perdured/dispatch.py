@@ -146,7 +146,7 @@ class Dispatcher:
         # Set by the sidecar: a job finished here (committed); local awaiters need not wait for
         # the notification's round trip through the database.
         self.on_finished: Callable[[dict[str, Any]], None] = lambda row: None
-        # Whether someone awaits a job here: its finish returns the whole row for them.
+        # Whether someone awaits a job here, or likely will: its finish returns the whole row.
         self.awaited: Callable[[uuid.UUID], bool] = lambda job_id: True
 
     # -- the Work stream ------------------------------------------------------------------

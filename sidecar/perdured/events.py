@@ -30,6 +30,8 @@ DELETED_CHANNEL = "perdure_deleted"  # succeeded jobs were deleted (0014_deleted
 # a caller often asks for the result at once. They are dropped when succeeded jobs are
 # deleted anywhere, and while notifications may be missed.
 RECENT_SUCCESSES, RECENT_SECONDS = 512, 10.0
+# Jobs enqueued one at a time here, the last this many: their callers often await them next.
+EXPECTED_AWAITS = 4096
 
 
 def entries(text: str) -> list[dict[str, Any]]:
@@ -80,6 +82,7 @@ class EventHub:
         self._function_callbacks: list[Callable[[str, str], None]] = []
         self._job_waiters: dict[uuid.UUID, set[Wakeup]] = defaultdict(set)
         self._succeeded: OrderedDict[uuid.UUID, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._expected: OrderedDict[uuid.UUID, None] = OrderedDict()
         self.ready = asyncio.Event()
 
     def subscribe(self, callback: Callable[[JobEvent], None], kinds: Iterable[str] | None = None) -> Callable[[], None]:
@@ -126,15 +129,25 @@ class EventHub:
     def job_waiter(self, job_id: uuid.UUID) -> JobWaiter:
         return JobWaiter(self._job_waiters, job_id)
 
+    def expect_await(self, job_id: uuid.UUID) -> None:
+        """The job was enqueued alone through this sidecar: its caller will likely ask for its
+        answer, perhaps only after it has ended. Its finish then returns the whole row (kept
+        among the recent successes) instead of leaving the await to read it back."""
+        self._expected[job_id] = None
+        if len(self._expected) > EXPECTED_AWAITS:  # ended elsewhere, or long running
+            self._expected.popitem(last=False)
+
     def awaited(self, job_id: uuid.UUID) -> bool:
-        """Whether someone awaits the job here now."""
-        return job_id in self._job_waiters
+        """Whether someone awaits the job here now, or likely will (see expect_await)."""
+        return job_id in self._job_waiters or job_id in self._expected
 
     def job_finished(self, row: dict[str, Any]) -> None:
         """A job finished on this sidecar (committed): wake its awaiters with the row itself.
         A row in brief (`whole` false: nobody awaited the job when its outcome was written)
         is not an answer: it wakes those who came since to read the job."""
         whole = row.get("whole", True)
+        if row["state"] in TERMINAL_STATES:
+            self._expected.pop(row["id"], None)
         if whole and row["state"] == "success":
             self._succeeded[row["id"]] = (time.monotonic(), row)
             if len(self._succeeded) > RECENT_SUCCESSES:

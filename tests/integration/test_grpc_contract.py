@@ -232,13 +232,15 @@ async def test_work_stream__a_slot_is_free_once_answered_while_the_outcome_is_co
 
 async def test_await_job__that_came_while_the_outcome_was_committed__answers_the_whole_job(
         jobs, channel, database_url) -> None:
-    """A finish returns the whole row only of the jobs someone awaits when it is written; an
-    AwaitJob that comes while it is being committed (held up here by a lock on the row) still
-    answers the whole job."""
+    """A finish returns the whole row only of the jobs someone awaits (or likely will) when it
+    is written; an AwaitJob that comes while it is being committed (held up here by a lock on
+    the row) still answers the whole job. The job comes in a batch: one enqueued alone is
+    expected to be awaited (see the next test)."""
     worker = RawWorker(channel)
     await worker.register("f", concurrency=1)
-    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", payload=json_payload({"args": [7]}),
-                                                      labels={"team": "a"}))).job
+    batch = await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=[jobs_pb2.EnqueueRequest(
+        name="f", payload=json_payload({"args": [7]}), labels={"team": "a"})]))
+    job = batch.results[0].job
     await worker.next("assignment")
     with psycopg.connect(database_url) as locker:  # in a transaction until the block ends
         locker.execute("SELECT FROM perdure.jobs WHERE id = %s FOR UPDATE", (job.id,))
@@ -251,6 +253,23 @@ async def test_await_job__that_came_while_the_outcome_was_committed__answers_the
     assert done.done and done.job.state == types_pb2.JOB_STATE_SUCCESS and json.loads(done.job.result.data) == 14
     assert json.loads(done.job.payload.data) == {"args": [7]} and dict(done.job.labels) == {"team": "a"}
     assert done.job.HasField("created_at") and done.job.HasField("finished_at") and done.job.retry.max_attempts == 3
+    worker.call.cancel()
+
+
+async def test_await_job__of_a_job_enqueued_alone_that_ended_unawaited__is_answered_from_the_kept_row(
+        jobs, channel, db) -> None:
+    """Whoever enqueues one job usually asks for its result next, often after it has ended: its
+    finish returns the whole row, which the sidecar keeps to answer without reading the job
+    back. Shown by a change made to the row behind the sidecar's back, which the answer does
+    not see."""
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=1)
+    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job
+    await worker.next("assignment")
+    assert (await worker.answer(job.id, 1, success=json_payload(3))).recorded
+    db.execute("UPDATE perdure.jobs SET result = '4' WHERE id = %s", (job.id,))
+    done = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=job.id))
+    assert done.done and json.loads(done.job.result.data) == 3
     worker.call.cancel()
 
 
@@ -270,7 +289,8 @@ async def test_await_job__that_came_just_after_the_outcome_was_committed__reads_
     dispatcher.on_finished = on_finished
     worker = RawWorker(channel)
     await worker.register("f", concurrency=1)
-    job = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f"))).job
+    # In a batch: the row of a job enqueued alone would be kept, and the AwaitJob answered from it.
+    job = (await jobs.EnqueueBatch(jobs_pb2.EnqueueBatchRequest(jobs=[jobs_pb2.EnqueueRequest(name="f")]))).results[0].job
     await worker.next("assignment")
     assert (await worker.answer(job.id, 1, success=json_payload(3))).recorded
     assert still_running == [False]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from perdured.events import EventHub
+from perdured.events import EXPECTED_AWAITS, EventHub
 
 
 def _succeeded(hub: EventHub) -> dict[str, object]:
@@ -36,3 +36,17 @@ def test_other_outcomes__are_not_kept() -> None:
     row = {"id": uuid.uuid4(), "namespace": "default", "name": "f", "state": "dead"}
     hub.job_finished(row)
     assert hub.succeeded(row["id"]) is None
+
+
+def test_jobs_expected_to_be_awaited__are_forgotten_once_ended_and_bounded_in_number() -> None:
+    hub = EventHub("postgresql://unused")
+    ended, retried = uuid.uuid4(), uuid.uuid4()
+    hub.expect_await(ended)
+    hub.expect_await(retried)
+    assert hub.awaited(ended) and hub.awaited(retried)
+    hub.job_finished({"id": ended, "namespace": "default", "name": "f", "state": "dead", "whole": True})
+    hub.job_finished({"id": retried, "namespace": "default", "name": "f", "state": "pending", "whole": True})
+    assert not hub.awaited(ended) and hub.awaited(retried)  # a retry ends later: still expected
+    for _ in range(EXPECTED_AWAITS):
+        hub.expect_await(uuid.uuid4())
+    assert not hub.awaited(retried)  # the oldest make room
