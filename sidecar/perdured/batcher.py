@@ -1,9 +1,10 @@
 """Group commit: concurrent callers share one statement and one commit.
 
-A caller submits an item and awaits its own result. If a flush may start, it starts at
-once with everything queued (a lone caller flushes its item itself, never waiting for
-company); while flushes run, new items gather for the next one. No timer, no artificial
-delay.
+A caller submits an item and awaits its own result. If a flush may start, it starts with
+everything queued once the callers already scheduled in this turn of the event loop have
+submitted theirs (the calls of one message arrive as tasks started together: they share a
+statement); while flushes run, new items gather for the next one. No timer: a lone caller
+waits for one turn of the loop, never for company.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Batcher(Generic[T, R]):
         self._max_concurrent = max_concurrent
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._running = 0
+        self._gathering = False  # a caller lets the others of its turn queue, then flushes
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
@@ -37,19 +39,32 @@ class Batcher(Generic[T, R]):
         Returns each item's result, or the exception that failed it."""
         loop = asyncio.get_running_loop()
         batch = [(item, loop.create_future()) for item in items]
-        if not self._queue and self._running < self._max_concurrent and len(batch) <= self._max_batch:
-            # Nobody to wait for: flush in the caller's own task, saving two trips through
-            # the event loop. Items that arrive meanwhile go to the next flush.
-            self._running += 1
-            await self._run(batch)
-        else:
-            self._queue.extend(batch)
-            self._start_flushes()
+        lead = not self._queue and not self._gathering and self._running < self._max_concurrent
+        self._queue.extend(batch)
+        if lead:
+            # Let the callers scheduled in this same turn queue their items too (they run
+            # before this task resumes); items that arrive later go to the next flush.
+            self._gathering = True
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                self._gathering = False
+                self._start_flushes()  # what was queued, this caller's items too, still goes
+                raise
+            self._gathering = False
+            if len(self._queue) == len(batch) <= self._max_batch:
+                # Alone: flush in this task, saving two trips through the event loop. (Others'
+                # items go in a task of their own: cancelling this caller must not fail them.)
+                self._queue = []
+                self._running += 1
+                await self._run(batch)
+        self._start_flushes()
+        if not all(future.done() for _, future in batch):
             await asyncio.wait([future for _, future in batch])
         return [cast(Exception, future.exception()) or future.result() for _, future in batch]
 
     def _start_flushes(self) -> None:
-        while self._queue and self._running < self._max_concurrent:
+        while self._queue and self._running < self._max_concurrent and not self._gathering:
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
             self._running += 1
             task = asyncio.create_task(self._run(batch))

@@ -606,3 +606,14 @@ async def test_calls_stream__answers_a_burst_of_calls_in_few_messages(jobs, chan
     assert len({a.enqueue.job.id for a in answers}) == 200
     assert stream.messages < 200  # answers ready together travel together
     stream.call.cancel()
+
+
+async def test_calls_stream__enqueues_sent_together_share_one_statement(jobs, channel, db) -> None:
+    """Group commit: the calls of one message start together, and none flushes alone ahead
+    of the others. One statement gives all its rows the same created_at (its transaction's)."""
+    stream = CallStream(channel)
+    await stream.send(**{f"c{n}": jobs_pb2.CallRequest(id=n, enqueue=jobs_pb2.EnqueueRequest(name="f"))
+                         for n in range(1, 21)})
+    assert all([(await stream.answer(n)).HasField("enqueue") for n in range(1, 21)])
+    assert db.execute("SELECT count(*), count(DISTINCT created_at) FROM perdure.jobs").fetchone() == (20, 1)
+    stream.call.cancel()
