@@ -81,10 +81,12 @@ FROM perdure.attempts WHERE job_id = %(id)s ORDER BY number
 
 -- job_filter --
 -- The filter ListJobs, RetryJobs and PurgeJobs share (a fragment of their WHERE clauses).
+-- Labels, when given, are never empty (validation.py), so they imply labels <> '{}': said
+-- here, it lets the planner use jobs_labels, which holds only labelled jobs.
 namespace = %(namespace)s
   AND (%(name)s::text IS NULL OR name = %(name)s)
   AND (%(states)s::text[] IS NULL OR state = ANY(%(states)s))
-  AND (%(labels)s::jsonb IS NULL OR labels @> %(labels)s)
+  AND (%(labels)s::jsonb IS NULL OR (labels @> %(labels)s AND labels <> '{}'::jsonb))
   AND (%(error_type)s::text IS NULL OR error ->> 'type' = %(error_type)s)
   AND (%(error_contains)s::text IS NULL OR strpos(lower(error ->> 'message'), lower(%(error_contains)s)) > 0)
 

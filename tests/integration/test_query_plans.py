@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,7 +20,7 @@ import pytest
 
 import perdure as sdk
 from perdured.scheduler import ANALYZE_AFTER
-from perdured.store import GENERIC_PLANS, QUERIES, Outcome, Store
+from perdured.store import GENERIC_PLANS, QUERIES, Outcome, Store, _filter_values
 from perdured.validation import JobFilter
 from tests.conftest import new_job
 
@@ -49,6 +49,22 @@ def test_claim__finds_its_jobs_by_primary_key_with_statistics_from_before_a_back
     reads = [(node["Node Type"], node.get("Index Name")) for node in _nodes(update)
              if node.get("Alias") == "j" and "Scan" in node["Node Type"]]
     assert reads == [("Index Scan", "jobs_pkey")], json.dumps(update, indent=1)[:3000]
+
+
+@pytest.mark.parametrize("query", ["list_jobs", "purge_jobs"])
+def test_a_filter_by_labels__reads_the_labels_index(db, query) -> None:
+    """The labels index holds only jobs with labels (0015): a filter by labels must say that it
+    implies some, or the planner cannot use the index and reads every job of the namespace."""
+    db.execute(NEW_JOB, ("labels", "dead", "dead", 20_000))
+    db.execute("UPDATE perdure.jobs SET labels = %s WHERE id IN (SELECT id FROM perdure.jobs ORDER BY id LIMIT 3)",
+               (json.dumps({"team": "a"}),))
+    db.execute("ANALYZE perdure.jobs")
+    params = _filter_values(JobFilter("labels", states=["dead"], labels={"team": "a"})) | {
+        "before": None, "limit": 100, "id": None, "finished_before": datetime.now(UTC)}
+    with db.transaction(force_rollback=True):
+        (plan,) = db.execute("EXPLAIN (FORMAT JSON) " + QUERIES[query], params).fetchone()[0]
+    indexes = {node.get("Index Name") for node in _nodes(plan["Plan"])}
+    assert "jobs_labels" in indexes, json.dumps(plan, indent=1)[:3000]
 
 
 # An autovacuum analysis of the new jobs in the last 10 s would spare the sidecar its own
