@@ -139,3 +139,36 @@ async def _until(condition, timeout: float = 10) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_notifications_that_hold_no_event_taken_here__are_not_even_parsed(database_url, monkeypatch) -> None:
+    """Reading a notification's JSON costs more than searching its text for the kinds someone
+    takes (events.kinds_filter); a drain's starts and ends concern no one, with nobody
+    awaiting a job. What someone takes still arrives, a start in the insert as enqueued too."""
+    from perdured import events
+
+    parsed: list[str] = []
+    monkeypatch.setattr(events, "entries", lambda text: parsed.append(text) or entries(text))
+    hub = EventHub(database_url)
+    listening = asyncio.create_task(hub.run())
+    try:
+        await asyncio.wait_for(hub.ready.wait(), 10)
+        cancellations: list[JobEvent] = []
+        enqueued: list[JobEvent] = []
+        hub.subscribe(cancellations.append, {"cancelled"})
+        with psycopg.connect(database_url, autocommit=True) as db:
+            first, second = _insert(db, 2)
+            db.execute("UPDATE perdure.jobs SET state = 'running', attempt = 1 WHERE id = %s", (second,))
+            db.execute("UPDATE perdure.jobs SET state = 'success' WHERE id = %s", (second,))
+            db.execute("UPDATE perdure.jobs SET state = 'cancelled' WHERE id = %s", (first,))
+            await _until(lambda: len(cancellations) == 1)
+            assert len(parsed) == 1 and cancellations[0].job_id == first
+
+            hub.subscribe(enqueued.append, {"enqueued"})
+            (started,) = _insert(db, 1, state="running")  # started in the insert: enqueued, then started
+            await _until(lambda: len(enqueued) == 1)
+        assert enqueued[0].job_id == started and len(parsed) == 2
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
