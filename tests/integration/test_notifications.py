@@ -172,3 +172,17 @@ async def test_notifications_that_hold_no_event_taken_here__are_not_even_parsed(
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listening
+
+
+def test_error_texts__arrive_as_written_whatever_their_characters(database_url, db) -> None:
+    """Events are JSON written out by hand (0018): every string in them must be quoted as JSON
+    quotes it, whatever a user's error says."""
+    (job_id,) = _insert(db, 1, state="running")
+    error = {"type": 'Bad"Type\\', "message": 'line "one"\nline\ttwo \\ \x01 \u2028 é 😀 </script>'}
+
+    def change(conn: psycopg.Connection) -> None:
+        conn.execute("UPDATE perdure.jobs SET state = 'dead', error = %s WHERE id = %s", (json.dumps(error), job_id))
+
+    (event,) = _events(_payloads(database_url, change))
+    assert (event.kind, event.job_id, event.error_type, event.error_message) == (
+        "dead", job_id, error["type"], error["message"])
