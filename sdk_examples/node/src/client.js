@@ -27,6 +27,8 @@ function bearer(token) {
   });
 }
 const MAX_MESSAGE = 64 * 1024 * 1024;
+const ENQUEUE_BATCH = 1000; // jobs per EnqueueBatch call of enqueueMany
+const ENQUEUE_BATCHES_IN_FLIGHT = 2;
 const DEFAULT_ADDRESS = '127.0.0.1:7433';
 
 /**
@@ -202,6 +204,51 @@ class Perdure {
     if (!Array.isArray(args)) throw new TypeError('enqueue(name, args, options): args must be an array');
     const { kwargs, ...rest } = options;
     return this._enqueue(name, args, kwargs, mergeOptions({}, rest));
+  }
+
+  /**
+   * Enqueue one job of `name` per item of `calls` (each an array of positional arguments), all
+   * with the same options, in batches of up to 1000 jobs: each batch is one `EnqueueBatch` call,
+   * one statement and one commit, all of it or none; two are in flight at once. The options go
+   * once per batch (`common`), each job carrying only its payload. If a batch fails, those not
+   * yet sent are not, and its error is thrown. Every call is checked before any is sent.
+   * Resolves to the handles, in order.
+   * @param {string} name
+   * @param {Iterable<unknown[]>} calls
+   * @param {import('./options.js').JobOptions} [options]
+   * @returns {Promise<JobHandle[]>}
+   */
+  async enqueueMany(name, calls, options = {}) {
+    const checked = mergeOptions({}, options);
+    if (checked.idempotencyKey) {
+      throw new TypeError('enqueueMany gives every job the same options: an idempotencyKey would make them one job');
+    }
+    const payloads = Array.from(calls, (args) => {
+      if (!Array.isArray(args)) throw new TypeError(`each call is an array of positional arguments; got ${JSON.stringify(args)}`);
+      return serde.encodeCall(name, args, undefined);
+    });
+    const common = enqueueRequest(checked, { namespace: this.namespace, name });
+    /** @type {JobHandle[][]} */
+    const handles = [];
+    let next = 0;
+    const sendRest = async () => {
+      while (next < payloads.length) {
+        const start = next;
+        next += ENQUEUE_BATCH;
+        const jobs = payloads.slice(start, next).map((payload) => ({ payload }));
+        let response;
+        try {
+          response = await this._call('enqueueBatch', { jobs, common, brief: true });
+        } catch (err) {
+          next = payloads.length; // the batches not yet sent are not
+          throw err;
+        }
+        handles[start / ENQUEUE_BATCH] = response.results.map(
+          (/** @type {any} */ r) => new JobHandle(this, r.job.id, { name, deduplicated: r.deduplicated }));
+      }
+    };
+    await Promise.all(Array.from({ length: ENQUEUE_BATCHES_IN_FLIGHT }, sendRest));
+    return handles.flat();
   }
 
   /**

@@ -135,9 +135,10 @@ function seconds(value) {
 }
 
 /**
- * The EnqueueRequest (as an init object) for a call with these options.
+ * The EnqueueRequest (as an init object) for a call with these options; without a payload,
+ * the options a batch's jobs share (EnqueueBatchRequest.common).
  * @param {JobOptions} o
- * @param {{namespace: string, name: string, payload: {data: Uint8Array, encoding: string}}} call
+ * @param {{namespace: string, name: string, payload?: {data: Uint8Array, encoding: string}}} call
  */
 function enqueueRequest(o, { namespace, name, payload }) {
   /** @type {Record<string, any>} */

@@ -51,6 +51,24 @@ test('enqueue then result: arguments and result travel as JSON; details tell the
   assert.ok(details.finishedAt instanceof Date && details.attempts[0].workerId.length > 0);
 });
 
+test('enqueueMany: batches of jobs with shared options, run and answered in order', { skip }, async () => {
+  const perdure = await client({ workerConcurrency: 50 });
+  const seen = new Set();
+  perdure.durable('batch:square', async (n) => { seen.add(n); return n * n; });
+  await perdure.start();
+  const calls = Array.from({ length: 2500 }, (_, n) => [n]); // three batches, two at a time
+  const handles = await perdure.enqueueMany('batch:square', calls, { priority: 3, labels: { run: 'many' } });
+  assert.equal(new Set(handles.map((h) => h.id)).size, 2500);
+  assert.deepEqual(await Promise.all([0, 1234, 2499].map((n) => handles[n].result({ timeout: 60 }))), [0, 1234 ** 2, 2499 ** 2]);
+  const details = await handles[1999].details();
+  assert.deepEqual([details.args, details.priority, details.labels], [[1999], 3, { run: 'many' }]);
+  await until(() => seen.size === 2500, 'every job to run', 60);
+
+  await assert.rejects(perdure.enqueueMany('batch:square', [[1], 2]), /each call is an array/);
+  await assert.rejects(perdure.enqueueMany('batch:square', [[1]], { idempotencyKey: 'k' }), /one job/);
+  await assert.rejects(perdure.enqueueMany('batch:square', [[1]], { priority: 10 ** 6 }), /priority/);
+});
+
 test('a failing attempt is retried with backoff, then succeeds', { skip }, async () => {
   const perdure = await client();
   const flaky = perdure.durable('net:fetch', async (ctx) => {
