@@ -38,9 +38,9 @@ BRIEF_JOB_COLUMNS = "id, namespace, name, state, run_at"
 FINISHED_JOB_COLUMNS = ", ".join(f"j.{column.strip()}" for column in JOB_COLUMNS.split(","))
 
 # A finish returns the whole row of a job only where `d.whole` (someone awaits the job here,
-# or likely will: it is their answer, without a read), and of the others what the sidecar itself uses, the
-# rest null: reading a whole row cost ten times as much (its times, its labels' JSON), and
-# in a drain nobody awaits.
+# or likely will: it is their answer, without a read), and of the others what the sidecar
+# itself uses, the rest null: reading a whole row cost ten times as much (its times, its
+# labels' JSON), and in a drain nobody awaits.
 _FINISHED_ALWAYS = ("id", "namespace", "name", "state", "attempt")
 FINISHED_JOB_COLUMNS_IF_WHOLE = ", ".join(
     f"j.{column}" if column in _FINISHED_ALWAYS else f"CASE WHEN d.whole THEN j.{column} END AS {column}"
