@@ -361,6 +361,7 @@ class Perdure:
                                   payload=_serde.encode_call(name, args, kwargs), parent_id=parent_id)
         request.trace_context.update(_tracing.current_context())
         request.id = str(new_job_id())  # ours: a retried Enqueue returns this job, never a second one
+        request.brief = True  # the id is all that is read
         response = await self._call_retrying("Enqueue", request)
         return JobHandle(self, response.job.id, name=name, deduplicated=response.deduplicated)
 

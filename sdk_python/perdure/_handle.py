@@ -193,7 +193,7 @@ class JobHandle:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             wait = _AWAIT_SLICE if deadline is None else max(0.0, min(_AWAIT_SLICE, deadline - loop.time()))
-            request = jobs_pb2.AwaitJobRequest(id=self.id, namespace=self._client.namespace)
+            request = jobs_pb2.AwaitJobRequest(id=self.id, namespace=self._client.namespace, brief=True)
             request.wait.FromNanoseconds(int(wait * 1e9))
             response = await self._client._call("AwaitJob", request, timeout=wait + 30)
             if response.done:
@@ -209,7 +209,7 @@ class JobHandle:
         assert parent is not None
         key = f"await:{self.id}"
         if key not in parent._recorded:
-            request = jobs_pb2.AwaitJobRequest(id=self.id, namespace=self._client.namespace)
+            request = jobs_pb2.AwaitJobRequest(id=self.id, namespace=self._client.namespace, brief=True)
             request.wait.FromNanoseconds(0)
             response = await self._client._call("AwaitJob", request)
             if not response.done:

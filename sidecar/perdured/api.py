@@ -88,7 +88,11 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.events.expect_await(job.id)  # before: the job may end before its enqueue is answered
         row, deduplicated = await self.scheduler.enqueue(job)
         log.debug("job.enqueued", job_id=str(row["id"]), name=job.name, deduplicated=deduplicated)
-        return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
+        if not request.brief:
+            return jobs_pb2.EnqueueResponse(job=convert.job(row), deduplicated=deduplicated)
+        response = jobs_pb2.EnqueueResponse(deduplicated=deduplicated)
+        convert.brief_job(response.job, row)
+        return response
 
     @_errors_as_status
     async def EnqueueBatch(self, request: jobs_pb2.EnqueueBatchRequest,
@@ -130,7 +134,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         deadline = asyncio.get_running_loop().time() + min(wait, MAX_AWAIT)
         succeeded = self.events.succeeded(job_id)
         if succeeded is not None and succeeded["namespace"] == namespace:
-            return jobs_pb2.AwaitJobResponse(job=convert.job(succeeded), done=True)
+            return _awaited(succeeded, request.brief)
         # Listen first, then read: a job that finishes in between still wakes us.
         with self.events.job_waiter(job_id) as finished:
             # A job running on our workers has not finished, or its outcome is being recorded
@@ -156,7 +160,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                     pass
                 # Finished on this sidecar: no need to read it back.
                 row = finished.row
-        return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=row["state"] in TERMINAL_STATES)
+        return _awaited(row, request.brief)
 
     @_errors_as_status
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> jobs_pb2.CancelJobResponse:
@@ -300,6 +304,15 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         if row is None:
             await abort(context, grpc.StatusCode.NOT_FOUND, f"no job {job_id} in namespace {namespace!r}")
         return row
+
+
+def _awaited(row: dict[str, Any], brief: bool) -> jobs_pb2.AwaitJobResponse:
+    done = row["state"] in TERMINAL_STATES
+    if not brief:
+        return jobs_pb2.AwaitJobResponse(job=convert.job(row), done=done)
+    response = jobs_pb2.AwaitJobResponse(done=done)
+    convert.awaited_job(response.job, row)
+    return response
 
 
 def _refusal(call_id: int, code: grpc.StatusCode, message: str) -> jobs_pb2.CallResponse:

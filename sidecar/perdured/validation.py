@@ -244,6 +244,13 @@ def enqueue_request(request: jobs_pb2.EnqueueRequest, max_payload_bytes: int) ->
 def enqueue_batch_request(request: jobs_pb2.EnqueueBatchRequest, max_payload_bytes: int) -> list[NewJob] | SharedJobs:
     """The jobs of a batch, each checked as an EnqueueRequest of its own; with `common`, its
     options are checked once and each job for what is its own. A failure names the job."""
+    for index, item in enumerate(request.jobs):
+        if item.brief:
+            raise InvalidArgument(f"jobs[{index}].brief", "is for a single Enqueue: a batch is answered in brief "
+                                                          "by its own brief field")
+    if request.common.brief:
+        raise InvalidArgument("common.brief", "is for a single Enqueue: a batch is answered in brief by its own "
+                                              "brief field")
     if not request.HasField("common"):
         return [_job_within(f"jobs[{index}].", item, max_payload_bytes) for index, item in enumerate(request.jobs)]
     for descriptor, _ in request.common.ListFields():

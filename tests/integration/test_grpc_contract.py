@@ -197,6 +197,47 @@ async def test_work_stream__delivers_runs_and_acknowledges_after_commit(jobs, ch
     worker.call.cancel()
 
 
+async def test_brief_answers__carry_what_a_caller_reads_and_full_ones_everything(jobs, channel) -> None:
+    worker = RawWorker(channel)
+    await worker.register("f", concurrency=2)
+    payload = json_payload({"args": [3]})
+    brief = await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", payload=payload, brief=True))
+    assert (brief.job.namespace, brief.job.name) == ("default", "f") and brief.job.id and brief.job.HasField("run_at")
+    assert not brief.job.HasField("payload") and not brief.job.HasField("created_at")
+    full = (await jobs.Enqueue(jobs_pb2.EnqueueRequest(name="f", payload=payload, retry=types_pb2.RetryPolicy(
+        max_attempts=1)))).job
+    assert full.payload == payload and full.HasField("created_at") and full.retry.max_attempts == 1
+
+    await worker.next("assignment")
+    await worker.next("assignment")
+    await worker.answer(brief.job.id, 1, success=json_payload(9))
+    await worker.answer(full.id, 1, failure=types_pb2.JobError(type="Boom", message="no"))
+    succeeded = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=brief.job.id, brief=True))
+    assert succeeded.done and succeeded.job.state == types_pb2.JOB_STATE_SUCCESS and succeeded.job.attempt == 1
+    assert json.loads(succeeded.job.result.data) == 9 and succeeded.job.name == "f"
+    assert not succeeded.job.HasField("payload") and not succeeded.job.HasField("finished_at")
+    dead = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=full.id, brief=True))
+    assert dead.job.state == types_pb2.JOB_STATE_DEAD and (dead.job.error.type, dead.job.error.message) == ("Boom", "no")
+    whole = await jobs.AwaitJob(jobs_pb2.AwaitJobRequest(id=full.id))
+    assert whole.job.payload == payload and whole.job.HasField("finished_at") and whole.job.error.type == "Boom"
+    worker.call.cancel()
+
+
+@pytest.mark.parametrize("where", ["jobs", "common"])
+async def test_enqueue_batch__refuses_a_brief_that_belongs_to_a_single_enqueue(jobs, db, where) -> None:
+    request = jobs_pb2.EnqueueBatchRequest(jobs=[jobs_pb2.EnqueueRequest(name="f")], brief=True)
+    if where == "jobs":
+        request.jobs[0].brief = True
+    else:
+        request.common.brief = True
+        request.jobs[0].ClearField("name")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await jobs.EnqueueBatch(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("jobs[0].brief: " if where == "jobs" else "common.brief: ")
+    assert count_jobs(db) == 0
+
+
 async def test_work_stream__never_sends_more_than_the_free_slots(jobs, channel, db) -> None:
     worker = RawWorker(channel)
     await worker.register("f", concurrency=2)

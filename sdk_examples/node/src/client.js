@@ -294,6 +294,7 @@ class Perdure {
   async _enqueue(name, args, kwargs, options) {
     const payload = serde.encodeCall(name, args, kwargs);
     const request = enqueueRequest(options, { namespace: this.namespace, name, payload });
+    request.brief = true; // the id is all that is read
     const response = await this._call('enqueue', request);
     return new JobHandle(this, response.job.id, { name, deduplicated: response.deduplicated });
   }

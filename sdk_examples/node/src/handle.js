@@ -184,7 +184,7 @@ class JobHandle {
     for (;;) {
       const wait = deadline === null ? AWAIT_SLICE : Math.max(0, Math.min(AWAIT_SLICE, (deadline - Date.now()) / 1000));
       const response = await this._client._call('awaitJob', {
-        id: this.id, namespace: this._client.namespace, wait: duration(wait),
+        id: this.id, namespace: this._client.namespace, wait: duration(wait), brief: true,
       }, wait + 30);
       if (response.done) return outcome(/** @type {any} */ (response.job));
       if (deadline !== null && Date.now() >= deadline) {

@@ -257,6 +257,7 @@ class EnqueueRequest(_message.Message):
     MAX_DURATION_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    BRIEF_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Default "default". Letters, digits and . _ : - ; at most 128 characters."""
     name: _builtins.str
@@ -279,6 +280,11 @@ class EnqueueRequest(_message.Message):
     lost then returns the job the first try stored, never a second one. Default: the sidecar
     makes one (a UUIDv7). An id that another job (of another function or namespace) has is
     refused.
+    """
+    brief: _builtins.bool
+    """Answer the job in brief: its id, namespace, name, state and run_at only, not the payload and
+    options the caller sent (most callers read only the id). For a single Enqueue (and a call
+    on the Calls stream); a batch has EnqueueBatchRequest.brief, and refuses this field.
     """
     @_builtins.property
     def payload(self) -> _types_pb2.Payload: ...
@@ -337,10 +343,11 @@ class EnqueueRequest(_message.Message):
         max_duration: _duration_pb2.Duration | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         id: _builtins.str = ...,
+        brief: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay", "max_duration", b"max_duration", "payload", b"payload", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency_key", b"concurrency_key", "delay", b"delay", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brief", b"brief", "concurrency_key", b"concurrency_key", "delay", b"delay", "id", b"id", "idempotency_key", b"idempotency_key", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "namespace", b"namespace", "parent_id", b"parent_id", "payload", b"payload", "priority", b"priority", "retry", b"retry", "run_at", b"run_at", "start_within", b"start_within", "timeout", b"timeout", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -576,8 +583,14 @@ class AwaitJobRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    BRIEF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     namespace: _builtins.str
+    brief: _builtins.bool
+    """Answer the job in brief: its id, namespace, name, state and attempt, and its result or
+    error once it has ended (what an awaiting caller reads), not its payload, options and
+    times. GetJob tells the rest.
+    """
     @_builtins.property
     def wait(self) -> _duration_pb2.Duration:
         """How long to block at most. Default and maximum 60 s; 0 returns at once."""
@@ -588,10 +601,11 @@ class AwaitJobRequest(_message.Message):
         id: _builtins.str = ...,
         namespace: _builtins.str = ...,
         wait: _duration_pb2.Duration | None = ...,
+        brief: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "namespace", b"namespace", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brief", b"brief", "id", b"id", "namespace", b"namespace", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

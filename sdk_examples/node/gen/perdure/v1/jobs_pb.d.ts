@@ -265,6 +265,15 @@ export declare type EnqueueRequest = Message<"perdure.v1.EnqueueRequest"> & {
    * @generated from field: string id = 16;
    */
   id: string;
+
+  /**
+   * Answer the job in brief: its id, namespace, name, state and run_at only, not the payload and
+   * options the caller sent (most callers read only the id). For a single Enqueue (and a call
+   * on the Calls stream); a batch has EnqueueBatchRequest.brief, and refuses this field.
+   *
+   * @generated from field: bool brief = 17;
+   */
+  brief: boolean;
 };
 
 /**
@@ -498,6 +507,15 @@ export declare type AwaitJobRequest = Message<"perdure.v1.AwaitJobRequest"> & {
    * @generated from field: google.protobuf.Duration wait = 3;
    */
   wait?: Duration | undefined;
+
+  /**
+   * Answer the job in brief: its id, namespace, name, state and attempt, and its result or
+   * error once it has ended (what an awaiting caller reads), not its payload, options and
+   * times. GetJob tells the rest.
+   *
+   * @generated from field: bool brief = 4;
+   */
+  brief: boolean;
 };
 
 /**
