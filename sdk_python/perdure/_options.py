@@ -39,6 +39,9 @@ class JobOptions:
     max_duration: float | None = None
 
     def merged(self, **overrides: Any) -> JobOptions:
+        if not overrides:  # the common call (`enqueue(name, *args)`): nothing to copy
+            self.check()
+            return self
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
