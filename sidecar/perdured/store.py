@@ -21,7 +21,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from perdured.logs import log
 from perdured.metrics import Metrics
-from perdured.validation import OWN_FIELDS, FunctionLimits, InvalidArgument, JobFilter, NewJob, SharedJobs, identities
+from perdured.validation import (
+    OWN_FIELDS,
+    FunctionLimits,
+    InvalidArgument,
+    JobFilter,
+    NewJob,
+    SharedJobs,
+    identities,
+    shared,
+)
 
 JOB_COLUMNS = (
     "id, namespace, name, state, payload, payload_encoding, result, result_encoding, error, "
@@ -298,6 +307,8 @@ class Store:
         within one (`_on(conn)`). Returns the results, and the rows it inserted, for the caller
         to count once they are committed."""
         statement = {"sidecar_id": sidecar_id, "lease": timedelta(seconds=lease)}
+        if not isinstance(jobs, SharedJobs) and len(jobs) > 1:
+            jobs = shared(jobs) or jobs  # a group commit's jobs, mostly alike
         if isinstance(jobs, SharedJobs):
             query = "enqueue_shared_brief" if brief else "enqueue_shared"
             params = _new_job_values(jobs.common) | statement | {

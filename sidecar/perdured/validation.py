@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import operator
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -101,6 +102,18 @@ class SharedJobs:
 
 # What a job of a batch with `common` gives itself; every other field comes from `common`.
 OWN_FIELDS = ("payload", "id", "idempotency_key")
+_options_of = operator.attrgetter(*(f.name for f in fields(NewJob) if f.name not in (*OWN_FIELDS, "payload_encoding")))
+
+
+def shared(jobs: list[NewJob]) -> SharedJobs | None:
+    """`jobs` as SharedJobs if they share every option but what is each one's own, else None.
+    Jobs enqueued one at a time by the same code and gathered into one statement usually do:
+    sent as shared, their options are converted once rather than once per job."""
+    options = _options_of(jobs[0])
+    if any(_options_of(job) != options for job in jobs[1:]):
+        return None
+    return SharedJobs(jobs[0], [job.id for job in jobs], [job.payload for job in jobs],
+                      [job.payload_encoding for job in jobs], [job.idempotency_key for job in jobs])
 
 
 class JobIdentity(NamedTuple):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from dataclasses import replace
 
 import grpc
 import psycopg
@@ -256,5 +258,35 @@ async def test_a_refused_batch__is_not_counted_in_the_metrics(database_url) -> N
         assert counted("perdure_jobs_enqueued_total", {"namespace": "counts", "function": "counts:first"}) == 1
         assert counted("perdure_jobs_enqueued_total", {"namespace": "counts", "function": "counts:batch"}) is None
         assert [row["name"] for row in store.metrics.take_activity()] == ["counts:first"]
+    finally:
+        await store.close()
+
+
+async def test_jobs_gathered_into_one_statement__alike_go_as_shared_and_each_keeps_its_own(database_url) -> None:
+    """A group commit's jobs that share their options are sent as a batch with `common` (their
+    options converted once); with one option apart, each as itself. Both store each job as sent."""
+    store = await Store.open(database_url, 2)
+    statements: list[str] = []
+    run = store._all
+
+    async def recorded(query: str, params: dict) -> list[dict]:
+        statements.append(query)
+        return await run(query, params)
+
+    store._all = recorded  # type: ignore[method-assign]
+    try:
+        alike = [replace(new_job("shared", "shared:alike"), payload=json.dumps([n]).encode(),
+                         idempotency_key=f"key-{n}" if n % 2 else None) for n in range(6)]
+        again = replace(alike[1], id=uuid.uuid4())  # the same key as alike[1]: that job comes back
+        results = await store.enqueue([*alike, again], sidecar_id="sidecar", lease=30)
+        assert statements[0] == "enqueue_shared"
+        assert [(row["id"], row["payload"], row["idempotency_key"], deduplicated) for row, deduplicated in results] == [
+            *[(job.id, job.payload, job.idempotency_key, False) for job in alike], (alike[1].id, b"[1]", "key-1", True)]
+
+        statements.clear()
+        apart = [new_job("shared", "shared:apart"), replace(new_job("shared", "shared:apart"), priority=5)]
+        results = await store.enqueue(apart, sidecar_id="sidecar", lease=30)
+        assert statements == ["enqueue"]
+        assert [row["priority"] for row, _ in results] == [0, 5]
     finally:
         await store.close()

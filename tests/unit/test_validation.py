@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
+
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from perdure.v1 import jobs_pb2, types_pb2, workers_pb2
 from perdured import validation
+from perdured.backoff import RetryPolicy
 from perdured.validation import InvalidArgument
 
 LIMIT = 1024
@@ -130,3 +134,17 @@ def test_purge_filter__refuses_unfinished_states() -> None:
     with pytest.raises(InvalidArgument, match="states: running not allowed here"):
         validation.job_filter(jobs_pb2.JobFilter(states=[types_pb2.JOB_STATE_RUNNING]),
                               allowed_states=frozenset({"success", "dead", "cancelled"}))
+
+
+def test_shared__gathers_jobs_alike_but_for_their_own_fields_and_no_others() -> None:
+    first = validation.NewJob(id=uuid.uuid4(), namespace="n", name="f", payload=b"[1]", payload_encoding="json",
+                              idempotency_key=None, parent_id=None, retry=RetryPolicy(), timeout=60, delay=0,
+                              labels={"team": "a"}, worker_id="w")
+    second = replace(first, id=uuid.uuid4(), payload=b"x", payload_encoding="bytes", idempotency_key="k")
+    gathered = validation.shared([first, second])
+    assert gathered is not None and gathered.common == first
+    assert (gathered.ids, gathered.payloads, gathered.payload_encodings, gathered.idempotency_keys) == (
+        [first.id, second.id], [b"[1]", b"x"], ["json", "bytes"], [None, "k"])
+    for apart in ({"labels": {"team": "b"}}, {"worker_id": None}, {"delay": 1.0}, {"trace_context": {"a": "b"}},
+                  {"retry": RetryPolicy(max_attempts=1)}, {"name": "g"}, {"parent_id": uuid.uuid4()}):
+        assert validation.shared([first, replace(second, **apart)]) is None, apart
