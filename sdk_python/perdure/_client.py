@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -31,7 +30,7 @@ from perdure._options import FunctionLimits, JobOptions, RateLimit
 from perdure._schedules import Schedules, ScheduleSpec, check_spec
 from perdure._security import ClientSecurity
 from perdure._sidecar import LocalSidecar
-from perdure._worker import Callback, JobEvent, Worker
+from perdure._worker import Callback, Worker
 from perdure.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 EVENTS = ("job:start", "job:success", "job:error", "job:dead")
@@ -123,7 +122,7 @@ class Perdure:
             handlers = {name: fn.fn for name, fn in self._functions.items()}
             limits = [fn.limits.message(name) for name, fn in self._functions.items() if fn.limits.declared]
             self._worker = Worker(self._channel, namespace=self.namespace, handlers=handlers, limits=limits,
-                                  concurrency=self.worker_concurrency, emit=self._emit,
+                                  concurrency=self.worker_concurrency, callbacks=self._callbacks,
                                   get_event=self._get_event)
             self._worker_task = asyncio.create_task(self._worker.run(), name="perdure-worker")
             await self._create_schedules()
@@ -406,16 +405,6 @@ class Perdure:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-    async def _emit(self, event: str, info: JobEvent) -> None:
-        for callback in self._callbacks[event]:
-            try:
-                outcome = callback(info)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception as exc:  # a broken callback must not fail the job
-                import logging
-                logging.getLogger("perdure").warning("callback for %s failed: %r", event, exc)
 
 
 def _is_count(value: Any) -> bool:

@@ -50,13 +50,17 @@ def forget_provider() -> None:
     _checked_at = -RECHECK_SECONDS
 
 
-@contextlib.contextmanager
-def job_span(name: str, job_id: str, attempt: int, carrier: Mapping[str, str]) -> Iterator[None]:
+def job_span(name: str, job_id: str, attempt: int, carrier: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
     """Run an attempt inside a span that continues the enqueuing call's trace."""
     # Without a configured tracer provider a span would record nothing: skip its cost.
-    if not _tracing():
-        yield
-        return
+    return _job_span(name, job_id, attempt, carrier) if _tracing() else _NO_SPAN
+
+
+_NO_SPAN = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _job_span(name: str, job_id: str, attempt: int, carrier: Mapping[str, str]) -> Iterator[None]:
     tracer = trace.get_tracer("perdure")
     with tracer.start_as_current_span(
         f"perdure.job {name}", context=propagate.extract(dict(carrier)), kind=trace.SpanKind.CONSUMER,

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -46,14 +46,15 @@ class Worker:
     """One Work stream: registers the handlers, runs assignments, reconnects when it drops."""
 
     def __init__(self, channel: grpc.aio.Channel, *, namespace: str, handlers: dict[str, Callable[..., Any]],
-                 limits: list[workers_pb2.FunctionLimits], concurrency: int, emit: Callable[[str, JobEvent], Awaitable[None]],
-                 get_event: _context.EventLookup) -> None:
+                 limits: list[workers_pb2.FunctionLimits], concurrency: int,
+                 callbacks: Mapping[str, Sequence[Callback]], get_event: _context.EventLookup) -> None:
         self._stub = workers_pb2_grpc.WorkersStub(channel)
         self._namespace = namespace
         self._handlers = handlers
+        self._is_async = {name: inspect.iscoroutinefunction(handler) for name, handler in handlers.items()}
         self._limits = limits
         self._concurrency = concurrency
-        self._emit = emit
+        self._callbacks = callbacks  # lifecycle callbacks by event (perdure.on), read at each job
         self._get_event = get_event
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="perdure-handler")
         self._running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -168,8 +169,9 @@ class Worker:
             get_event=self._get_event,
             loop=self._loop,
         )
-        info = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts)
-        outcome = workers_pb2.Outcome(job_id=job.job_id, attempt=job.attempt)
+        message = workers_pb2.WorkerMessage()  # the outcome is filled in place, not copied into it
+        outcome = message.outcome
+        outcome.job_id, outcome.attempt = job.job_id, job.attempt
         handler = self._handlers.get(assignment.name)
         result: Any = None
         error: ErrorInfo | None = None
@@ -177,9 +179,11 @@ class Worker:
             if handler is None:  # the sidecar only sends registered names; be safe anyway
                 raise NonRetryableError(f"no handler for {assignment.name!r} in this process")
             args, kwargs = _serde.decode_call(assignment.payload)
-            await self._emit("job:start", info)
+            if self._callbacks["job:start"]:
+                await self._emit("job:start", JobEvent(job.job_id, job.name, job.attempt, job.max_attempts))
             with _tracing.job_span(job.name, job.job_id, job.attempt, assignment.trace_context):
-                result = await _suspension_unwrapped(self._invoke(handler, job, args, kwargs))
+                result = await _suspension_unwrapped(self._invoke(handler, self._is_async[assignment.name], job,
+                                                                  args, kwargs))
             try:
                 outcome.success.CopyFrom(_serde.encode_result(result))
             except (TypeError, ValueError) as exc:
@@ -205,23 +209,34 @@ class Worker:
             outcome.failure.CopyFrom(types_pb2.JobError(
                 type=error.type, message=error.message, traceback=error.traceback,
                 non_retryable=error.non_retryable))
-        ack = await self._send(outcome)
+        ack = await self._send(message)
         if ack is None or (not ack.recorded and error is None):
             return
         state = STATES.get(ack.state, "")
         if outcome.HasField("success"):
-            await self._emit("job:success", JobEvent(job.job_id, job.name, job.attempt, job.max_attempts, result=result))
+            if self._callbacks["job:success"]:
+                await self._emit("job:success", JobEvent(job.job_id, job.name, job.attempt, job.max_attempts,
+                                                         result=result))
         elif error is not None:
             event = JobEvent(job.job_id, job.name, job.attempt, job.max_attempts, error=error)
             await self._emit("job:error", event)
             if state == "dead":
                 await self._emit("job:dead", event)
 
-    async def _invoke(self, handler: Callable[..., Any], job: JobContext, args: list[Any],
+    async def _emit(self, event: str, info: JobEvent) -> None:
+        for callback in self._callbacks[event]:
+            try:
+                outcome = callback(info)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # a broken callback must not fail the job
+                logging.getLogger("perdure").warning("callback for %s failed: %r", event, exc)
+
+    async def _invoke(self, handler: Callable[..., Any], is_async: bool, job: JobContext, args: list[Any],
                       kwargs: dict[str, Any]) -> Any:
         token = _context._current.set(job)
         try:
-            if inspect.iscoroutinefunction(handler):
+            if is_async:
                 return await handler(*args, **kwargs)
             # Plain functions run in the thread pool; a cancelled one cannot be interrupted, so its
             # slot is held until it really returns.
@@ -264,12 +279,12 @@ class Worker:
         finally:
             self._step_acks.pop(key, None)
 
-    async def _send(self, outcome: workers_pb2.Outcome) -> workers_pb2.OutcomeAck | None:
+    async def _send(self, message: workers_pb2.WorkerMessage) -> workers_pb2.OutcomeAck | None:
         """Send an outcome and wait for the sidecar to say it is committed (None if the stream drops)."""
-        key = (outcome.job_id, outcome.attempt)
+        key = (message.outcome.job_id, message.outcome.attempt)
         future: asyncio.Future[workers_pb2.OutcomeAck] = asyncio.get_running_loop().create_future()
         self._acks[key] = future
-        self._outbox.put_nowait(workers_pb2.WorkerMessage(outcome=outcome))
+        self._outbox.put_nowait(message)
         try:
             return await future
         except asyncio.CancelledError:
