@@ -143,6 +143,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             row = None
             if self.events.ready.is_set() and self.scheduler.dispatcher.runs(job_id, namespace):
                 try:
+                    # wait_for, whose task wakes a turn of the loop later than asyncio.timeout
+                    # would: the awaits a finish ends are then answered in one message, and the
+                    # callers' next calls come together. (With asyncio.timeout the mixed load
+                    # split into smaller groups: 20-40% more CPU per job in every process.)
                     await asyncio.wait_for(finished.wait(), deadline - asyncio.get_running_loop().time())
                 except TimeoutError:
                     pass
