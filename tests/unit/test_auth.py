@@ -4,6 +4,7 @@ rules enforced on real calls are in tests/integration/test_security.py)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -144,7 +145,10 @@ def test_log_lines__never_show_a_registered_secret(capsys: pytest.CaptureFixture
         except RuntimeError:
             log.exception("test.failed")
     finally:
-        logs.configure("console", "warning")
+        # Back to the suite's set-up, writing to the real stderr: configured while the capture
+        # is on, the logs of later tests would go to the capture's stream, closed by then.
+        with capsys.disabled():
+            logs.configure("console", os.environ.get("PERDURE_TEST_LOG_LEVEL", "warning"))
     err = capsys.readouterr().err
     for secret in ("hunter2", "tok-eeeeeeeeeeeeeeee"):
         assert secret not in err
