@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from perdured.logs import log
 from perdured.metrics import Metrics
 from perdured.validation import (
-    OWN_FIELDS,
+    SHARED_OWN_FIELDS,
     FunctionLimits,
     InvalidArgument,
     JobFilter,
@@ -72,7 +72,7 @@ _NEW_JOBS_ARRAYS = f"unnest({', '.join(f'%({n})b::{t}[]' for n, t in NEW_JOB_FIE
 _NEW_JOB_VALUES = f"(VALUES ({', '.join(f'%({n})s::{t}' for n, t in NEW_JOB_FIELDS)})) AS n({_NEW_JOB_NAMES})"
 # Jobs that share their options (SharedJobs): an array for what is each one's own, plain
 # parameters for the rest, sent and converted once.
-_OWN = [(n, t) for n, t in NEW_JOB_FIELDS if n in (*OWN_FIELDS, "payload_encoding")]
+_OWN = [(n, t) for n, t in NEW_JOB_FIELDS if n in SHARED_OWN_FIELDS]
 _COMMON = [(n, t) for n, t in NEW_JOB_FIELDS if (n, t) not in _OWN]
 _NEW_SHARED_JOBS = (
     f"(SELECT * FROM unnest({', '.join(f'%({n})b::{t}[]' for n, t in _OWN)}) AS own({', '.join(n for n, _ in _OWN)})"

@@ -102,7 +102,9 @@ class SharedJobs:
 
 # What a job of a batch with `common` gives itself; every other field comes from `common`.
 OWN_FIELDS = ("payload", "id", "idempotency_key")
-_options_of = operator.attrgetter(*(f.name for f in fields(NewJob) if f.name not in (*OWN_FIELDS, "payload_encoding")))
+# What each job of SharedJobs carries as its own (a payload's encoding goes with it).
+SHARED_OWN_FIELDS = (*OWN_FIELDS, "payload_encoding")
+_options_of = operator.attrgetter(*(f.name for f in fields(NewJob) if f.name not in SHARED_OWN_FIELDS))
 
 
 def shared(jobs: list[NewJob]) -> SharedJobs | None:
