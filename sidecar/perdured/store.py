@@ -91,9 +91,10 @@ def load_queries(path: Path | None = None) -> dict[str, str]:
     text = (path or Path(__file__).with_name("queries.sql")).read_text()
     parts = re.split(r"^-- ([a-z_]+) --$", text, flags=re.MULTILINE)
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        # A fragment's leading comment lines stay out of the queries that include it.
-        queries[name] = "\n".join(line for line in body.strip().splitlines()
-                                  if name not in FRAGMENTS or not line.startswith("--"))
+        # Comment lines and indentation are for readers of this file and are not sent: psycopg
+        # keeps the parse of a query's text only up to 4096 bytes (MAX_CACHED_STATEMENT_LENGTH),
+        # and finish and claim_limited, written out, were parsed again at every execution.
+        queries[name] = "\n".join(line.strip() for line in body.strip().splitlines() if not line.lstrip().startswith("--"))
     for name, sql in queries.items():
         for fragment in FRAGMENTS:
             sql = sql.replace("{" + fragment + "}", queries[fragment])

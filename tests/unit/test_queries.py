@@ -34,3 +34,12 @@ def test_an_enqueue_the_brief_one_cannot_be_derived_from__is_refused(tmp_path) -
     changed.write_text(QUERIES_SQL.read_text().replace("RETURNING {job_columns}, worker_id", "RETURNING *"))
     with pytest.raises(ValueError, match="enqueue_brief"):
         load_queries(changed)
+
+
+def test_every_statement__is_short_enough_for_psycopg_to_keep_its_parse() -> None:
+    # Longer texts (or more parameters) psycopg parses again at every execution.
+    from psycopg import _queries
+    for name, sql in QUERIES.items():
+        assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH, name
+        assert len(set(re.findall(r"%\((\w+)\)", sql))) <= _queries.MAX_CACHED_STATEMENT_PARAMS, name
+    assert "--" not in QUERIES["finish"].split("\n", 1)[0]  # comment lines are not sent
