@@ -19,6 +19,43 @@ import psycopg.sql
 
 from perdured.launch import spawn
 
+TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these per second
+
+
+class CpuMeter:
+    """CPU time spent since the meter was made, from /proc: the machine's (anyone's work) and
+    that of groups of our processes (they must outlive the meter's reading)."""
+
+    def __init__(self, groups: dict[str, list[int]] | None = None) -> None:
+        self.groups = groups or {}
+        self.begin = self._read()
+
+    def _read(self) -> dict[str, int]:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = {"all": sum(fields), "busy": sum(fields) - fields[3] - fields[4]}  # less idle and iowait
+        for name, pids in self.groups.items():
+            # utime and stime: the 14th and 15th fields, the 12th and 13th after the command's ")".
+            ticks[name] = sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
+                              for pid in pids)
+        return ticks
+
+    def busy(self) -> float:
+        """The share of the machine's CPU time spent busy."""
+        now = self._read()
+        return (now["busy"] - self.begin["busy"]) / max(now["all"] - self.begin["all"], 1)
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds of each group, and of the rest of the machine (PostgreSQL, the processes
+        in no group, anyone else's work)."""
+        now = self._read()
+        spent = {name: (now[name] - self.begin[name]) / TICK for name in self.groups}
+        return spent | {"rest": (now["busy"] - self.begin["busy"]) / TICK - sum(spent.values())}
+
+
+    def ms_per_job(self, jobs: int) -> dict[str, float]:
+        """seconds(), as milliseconds per job."""
+        return {name: round(spent * 1000 / max(jobs, 1), 3) for name, spent in self.seconds().items()}
+
 
 @dataclass(frozen=True)
 class Database:

@@ -29,7 +29,6 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -49,39 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs per number of sidecars; the medians of the runs' figures are reported (default 3)")
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL to use (default: an embedded one in a temporary directory)")
-
-
-TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these per second
-
-
-class CpuMeter:
-    """CPU time spent since the meter was made, from /proc: the machine's (anyone's work) and
-    that of groups of our processes (they must outlive the meter's reading)."""
-
-    def __init__(self, groups: dict[str, list[int]] | None = None) -> None:
-        self.groups = groups or {}
-        self.begin = self._read()
-
-    def _read(self) -> dict[str, int]:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        ticks = {"all": sum(fields), "busy": sum(fields) - fields[3] - fields[4]}  # less idle and iowait
-        for name, pids in self.groups.items():
-            # utime and stime: the 14th and 15th fields, the 12th and 13th after the command's ")".
-            ticks[name] = sum(sum(map(int, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:13]))
-                              for pid in pids)
-        return ticks
-
-    def busy(self) -> float:
-        """The share of the machine's CPU time spent busy."""
-        now = self._read()
-        return (now["busy"] - self.begin["busy"]) / max(now["all"] - self.begin["all"], 1)
-
-    def seconds(self) -> dict[str, float]:
-        """CPU seconds of each group, and of the rest of the machine (PostgreSQL, this process,
-        anyone else's work)."""
-        now = self._read()
-        spent = {name: (now[name] - self.begin[name]) / TICK for name in self.groups}
-        return spent | {"rest": (now["busy"] - self.begin["busy"]) / TICK - sum(spent.values())}
 
 
 async def enqueue_backlog(addresses: list[str], namespace: str, jobs: int, release: datetime) -> None:
@@ -104,7 +70,7 @@ async def drain(url: str, sidecars: list[harness.Perdured], namespace: str, jobs
         workers = [stack.enter_context(harness.worker_process(s.address, namespace, concurrency)) for s in sidecars]
         in_time = harness.count_jobs(url, namespace, "pending") == jobs
         await asyncio.sleep(max((release - datetime.now(UTC)).total_seconds(), 0))
-        cpu = CpuMeter({"sidecars": [s.process.pid for s in sidecars], "workers": [w.pid for w in workers]})
+        cpu = harness.CpuMeter({"sidecars": [s.process.pid for s in sidecars], "workers": [w.pid for w in workers]})
         await asyncio.to_thread(harness.wait_drained, url, namespace, jobs)
         busy, seconds = cpu.busy(), cpu.seconds()
     with psycopg.connect(url) as conn:
@@ -155,7 +121,7 @@ async def measure(url: str, sidecars: int, args: argparse.Namespace) -> dict[str
                   "connected: the drain rate undercounts", flush=True)
         for address in addresses:
             stack.enter_context(harness.worker_process(address, namespace, args.concurrency))
-        cpu = CpuMeter()
+        cpu = harness.CpuMeter()
         mixed_rate, lags, round_trips = await mixed(addresses, namespace, args.callers, args.duration)
         mixed_cpu = cpu.busy()
     return figures | {"mixed_per_s": mixed_rate, "mixed_cpu_busy": round(mixed_cpu, 3), "lag_ms": harness.summary(lags),

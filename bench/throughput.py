@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -19,6 +20,10 @@ from bench import floor, harness, peer
 from perdure import Perdure
 
 TARGETS = {"batch_enqueue": 50_000, "drain": 10_000, "mixed": 5_000}  # jobs per second
+# The rates swing with whatever else the machine does; CPU time per job, process by process,
+# much less: it shows where the time goes, and a change's effect across noisy runs.
+CPU_NOTE = ("caller: this process, which enqueues and awaits (and polls the database in the drain); "
+            "rest: PostgreSQL and anyone else's work")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +44,15 @@ async def batch_enqueue(address: str, namespace: str, jobs: int) -> float:
         return jobs / (time.perf_counter() - begin)
 
 
-def drain(url: str, address: str, namespace: str, jobs: int, concurrency: int) -> float:
-    """Jobs per second from the worker's start to the last job's end, by the database's clock."""
-    with harness.worker_process(address, namespace, concurrency):
+def drain(url: str, address: str, namespace: str, jobs: int, concurrency: int,
+          sidecar: harness.Perdured) -> tuple[float, dict[str, float]]:
+    """Jobs per second from the worker's start to the last job's end, by the database's clock,
+    and the CPU milliseconds per job of each process (see CPU_NOTE)."""
+    with harness.worker_process(address, namespace, concurrency) as worker:
+        cpu = harness.CpuMeter({"sidecar": [sidecar.process.pid], "worker": [worker.pid], "caller": [os.getpid()]})
         begin = harness.database_clock(url)
-        return jobs / (harness.wait_drained(url, namespace, jobs) - begin)
+        rate = jobs / (harness.wait_drained(url, namespace, jobs) - begin)
+        return rate, cpu.ms_per_job(jobs)
 
 
 async def mixed(address: str, namespace: str, callers: int, duration: float) -> tuple[float, dict[str, float]]:
@@ -65,16 +74,23 @@ async def mixed(address: str, namespace: str, callers: int, duration: float) -> 
     return len(latencies) / elapsed, harness.summary(latencies)
 
 
-def one_run(url: str, address: str, args: argparse.Namespace) -> dict[str, object]:
-    """The peer's drain, then ours: batch enqueue, drain, mixed load (a namespace of its own)."""
+def one_run(url: str, sidecar: harness.Perdured, args: argparse.Namespace) -> dict[str, object]:
+    """The peer's drain, then ours: batch enqueue, drain, mixed load (a namespace of its own).
+    For each of ours, the CPU time per job of each process (see CPU_NOTE)."""
     peer_rate = peer.measure(url, args.jobs)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    address, own = sidecar.address, {"sidecar": [sidecar.process.pid], "caller": [os.getpid()]}
+    cpu = harness.CpuMeter(own)
     enqueue_rate = asyncio.run(batch_enqueue(address, namespace, args.jobs))
-    drain_rate = drain(url, address, namespace, args.jobs, args.concurrency)
-    with harness.worker_process(address, namespace, args.concurrency):
+    enqueue_cpu = cpu.ms_per_job(args.jobs)
+    drain_rate, drain_cpu = drain(url, address, namespace, args.jobs, args.concurrency, sidecar)
+    with harness.worker_process(address, namespace, args.concurrency) as worker:
+        cpu = harness.CpuMeter(own | {"worker": [worker.pid]})
         mixed_rate, mixed_latency = asyncio.run(mixed(address, namespace, args.callers, args.duration))
+        mixed_cpu = cpu.ms_per_job(round(mixed_rate * args.duration))
     return {"batch_enqueue": enqueue_rate, "drain": drain_rate, "mixed": mixed_rate, "peer": peer_rate,
-            "mixed_latency": mixed_latency}
+            "mixed_latency": mixed_latency,
+            "cpu_ms_per_job": {"batch_enqueue": enqueue_cpu, "drain": drain_cpu, "mixed": mixed_cpu}}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -85,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
         floors = floor.measure(db.url)
         with harness.perdured(db.url) as sidecar:
             for number in range(1, args.runs + 1):
-                runs.append(one_run(db.url, sidecar.address, args))
+                runs.append(one_run(db.url, sidecar, args))
                 figures = runs[-1]
                 print(f"run {number}/{args.runs}: batch enqueue {figures['batch_enqueue']:.0f}/s, "
                       f"drain {figures['drain']:.0f}/s (peer {figures['peer'] or 0:.0f}/s), "
@@ -107,11 +123,16 @@ def run(args: argparse.Namespace) -> None:
     for label, rate, key in rows:
         peer_cell = f"{peer_rate:>10.0f}{rate / peer_rate:>15.2f}" if key == "drain" and peer_rate else ""
         print(f"{label:<22}{rate:>10.0f}{TARGETS[key]:>10}{peer_cell}")
+    cpu = {key: harness.median_summary([cast(dict[str, dict[str, float]], r["cpu_ms_per_job"])[key] for r in runs])
+           for _, _, key in rows}
+    print("CPU ms per job: " + ";  ".join(
+        f"{label} " + ", ".join(f"{who} {ms:.3f}" for who, ms in cpu[key].items()) for label, _, key in rows))
+    print(f"  ({CPU_NOTE})")
     print(f"mixed round trip (ms): p50 {mixed_latency['p50']:.3f}  p95 {mixed_latency['p95']:.3f}  "
           f"p99 {mixed_latency['p99']:.3f}; sidecar RSS after the runs: {rss:.1f} MB")
     print(json.dumps({
         "scenario": "throughput", "jobs": args.jobs, "runs": args.runs, "batch_enqueue_per_s": round(enqueue_rate),
         "drain_per_s": round(drain_rate), "mixed_per_s": round(mixed_rate), "mixed_round_trip_ms": mixed_latency,
         "peer_drain_per_s": round(peer_rate) if peer_rate else None, "floor_ms": floors,
-        "sidecar_rss_mb": round(rss, 1), "postgres": db.label,
+        "cpu_ms_per_job": cpu, "sidecar_rss_mb": round(rss, 1), "postgres": db.label,
     }))
