@@ -10,6 +10,7 @@ own job id is then safely sent again). A sidecar without `Calls` is served by un
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any, cast
@@ -36,8 +37,9 @@ class CallStream:
         self._translate = translate
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._outbox: asyncio.Queue[jobs_pb2.CallRequest] = asyncio.Queue()
+        self._outbox: asyncio.Queue[jobs_pb2.CallRequest | None] = asyncio.Queue()  # None: half-close
         self._session: asyncio.Task[None] | None = None
+        self._open = False  # the current stream has answered: the sidecar is there to end it
         self.supported = True
         self.answered = 0  # calls answered on the stream
 
@@ -60,8 +62,13 @@ class CallStream:
             self._pending.pop(call_id, None)
 
     async def close(self) -> None:
-        """Stop: calls still waiting are cancelled, as unary calls are when their channel closes."""
+        """Stop: calls still waiting are cancelled, as unary calls are when their channel closes.
+        A stream with none is ended by the sidecar once half-closed (see _stream)."""
         if self._session is not None:
+            if self._open and not self._pending and not self._session.done():
+                self._outbox.put_nowait(None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._session, _stream.END_TIMEOUT)
             self._session.cancel()
             await asyncio.gather(self._session, return_exceptions=True)
             self._session = None
@@ -72,8 +79,10 @@ class CallStream:
         stream = cast(grpc.aio.StreamStreamCall, self._stub.Calls(wait_for_ready=True))  # type: ignore[call-arg]
         writer = asyncio.create_task(self._write(stream))
         failure: Exception = self._translate(grpc.StatusCode.UNAVAILABLE, "the sidecar closed the Calls stream")
+        self._open = False
         try:
             async for message in stream:
+                self._open = True
                 self.answered += len(message.responses)
                 for response in message.responses:
                     future = self._pending.get(response.id)
@@ -85,6 +94,7 @@ class CallStream:
                         future.set_exception(self._translate(code, response.error.message))
                     else:
                         future.set_result(getattr(response, kind))
+            await stream.code()  # the status, the call's last operation
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.supported = False
@@ -106,9 +116,12 @@ class CallStream:
 
     async def _write(self, stream: grpc.aio.StreamStreamCall) -> None:
         while True:
-            ready = _stream.ready(self._outbox, await self._outbox.get())
+            ready, end = _stream.split_end(_stream.ready(self._outbox, await self._outbox.get()))
             for chunk in _stream.chunks(ready):
                 await stream.write(jobs_pb2.CallRequests(calls=chunk))
+            if end:
+                await stream.done_writing()
+                return
 
 
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}

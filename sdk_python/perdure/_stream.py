@@ -4,6 +4,12 @@ and `Jobs.Calls`.
 Each message costs gRPC a fixed amount of work, whatever its size. Under load, many are
 ready at once; sending a run of them as one message pays that cost once. Nothing waits
 to fill a batch: what is ready goes now, so a quiet stream sends single messages.
+
+A client ends a stream by half-closing it and reading until the sidecar ends it, not by
+cancelling it: operations of a cancelled call complete in gRPC's threads a moment later,
+and when the event loop has closed meanwhile (asyncio.run returned), gRPC hands them to
+it anyway: "Event loop is closed" is printed the next time the process uses gRPC in
+another loop.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+
+# How long a client waits for the sidecar to end a stream it half-closed before cancelling it.
+END_TIMEOUT = 2.0
 
 # Far below every message size limit on the stream (the sidecar's is payload + 1 MiB), and
 # large enough that the per-message cost is negligible.
@@ -26,6 +35,13 @@ def ready(queue: asyncio.Queue[M], first: M) -> list[M]:
     while not queue.empty():
         messages.append(queue.get_nowait())
     return messages
+
+
+def split_end(messages: list[M | None]) -> tuple[list[M], bool]:
+    """The messages to send, and whether the writer was told to end (a None among them)."""
+    if None in messages:
+        return [m for m in messages if m is not None], True
+    return cast(list[M], messages), False
 
 
 def chunks(items: list[M], limit: int = BATCH_BYTES) -> list[list[M]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -62,10 +63,12 @@ class Worker:
         self._loop = asyncio.get_running_loop()  # made by Perdure.start(), on its loop
         self._acks: dict[tuple[str, int], asyncio.Future[workers_pb2.OutcomeAck]] = {}
         self._step_acks: dict[tuple[str, int, str], asyncio.Future[bool]] = {}
-        self._outbox: asyncio.Queue[workers_pb2.WorkerMessage] = asyncio.Queue()
+        # None: half-close the stream (stop() ends it so: see _stream).
+        self._outbox: asyncio.Queue[workers_pb2.WorkerMessage | None] = asyncio.Queue()
         self._stopping = False
         self.worker_id = ""
         self.registered = asyncio.Event()
+        self._stream_ended = asyncio.Event()
         self._batch_of: dict[str, str] = {}  # what the sidecar reads in batches
 
     async def run(self) -> None:
@@ -107,6 +110,7 @@ class Worker:
             while True:
                 read = await call.read()
                 if read is grpc.aio.EOF:
+                    await call.code()  # the status, the call's last operation
                     return
                 message = cast(workers_pb2.SidecarMessage, read)
                 kind = message.WhichOneof("kind")
@@ -139,6 +143,7 @@ class Worker:
             if writer is not None:
                 writer.cancel()
             call.cancel()
+            self._stream_ended.set()
 
     def _acknowledged(self, ack: workers_pb2.OutcomeAck) -> None:
         future = self._acks.pop((ack.job_id, ack.attempt), None)
@@ -149,9 +154,12 @@ class Worker:
         # gRPC allows one write at a time: every outgoing message goes through here, the
         # outcomes ready together in one batch when the sidecar reads batches.
         while True:
-            messages = _stream.ready(self._outbox, await self._outbox.get())
+            messages, end = _stream.split_end(_stream.ready(self._outbox, await self._outbox.get()))
             for message in _stream.pack(messages, self._batch_of):
                 await call.write(message)
+            if end:
+                await call.done_writing()
+                return
 
     def _start(self, assignment: workers_pb2.Assignment) -> None:
         key = (assignment.job_id, assignment.attempt)
@@ -309,7 +317,8 @@ class Worker:
 
     async def stop(self, grace: float) -> None:
         """Let running handlers finish within `grace` seconds, then cancel the rest: each is
-        handed back to the sidecar, to run again elsewhere without spending an attempt."""
+        handed back to the sidecar, to run again elsewhere without spending an attempt. Then
+        end the stream (see _stream)."""
         self._stopping = True
         if self.registered.is_set():
             self._outbox.put_nowait(workers_pb2.WorkerMessage(drain=workers_pb2.Drain()))
@@ -321,6 +330,11 @@ class Worker:
             # Their answers ("cancelled") still need the stream and their acknowledgements.
             await asyncio.wait(list(self._running.values()), timeout=5)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.registered.is_set():
+            self._stream_ended.clear()
+            self._outbox.put_nowait(None)  # half-close: the sidecar then ends the stream
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stream_ended.wait(), _stream.END_TIMEOUT)
 
 
 async def _suspension_unwrapped(call: Awaitable[Any]) -> Any:

@@ -256,10 +256,10 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         reader = asyncio.create_task(self._take_calls(request_iterator, answers))
         try:
             while (first := await answers.get()) is not None:
-                ready = _stream.ready(answers, first)
-                for chunk in _stream.chunks([answer for answer in ready if answer is not None]):
+                ready, end = _stream.split_end(_stream.ready(answers, first))
+                for chunk in _stream.chunks(ready):
                     yield jobs_pb2.CallResponses(responses=chunk)
-                if None in ready:
+                if end:
                     break
         finally:
             reader.cancel()

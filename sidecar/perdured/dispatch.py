@@ -161,10 +161,9 @@ class Dispatcher:
             self.on_worker_joined(session.group)
             batch_of = _BATCHES if session.batches else {}
             while (message := await session.outbox.get()) is not None:
-                messages = _stream.ready(session.outbox, message)
+                messages, closing = _stream.split_end(_stream.ready(session.outbox, message))
                 session.room.set()
-                closing = None in messages
-                for ready in _stream.pack([m for m in messages if m is not None], batch_of):
+                for ready in _stream.pack(messages, batch_of):
                     yield ready
                 if closing:
                     break

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -334,3 +336,38 @@ async def test_result_asked_while_the_outcome_is_being_committed__is_that_outcom
             assert not waiting.done()
         # The blocker's transaction ends (rolled back) with its connection: the outcome commits.
         assert await waiting == 42
+
+
+# One process, one event loop after another (scripts, per-test loops): each client serves,
+# enqueues and awaits, then stops, and asyncio.run() closes its loop.
+LOOPS_SCRIPT = """
+import asyncio, sys
+from perdure import Perdure
+
+async def once(address):
+    perdure = Perdure(address=address, namespace="loops")
+
+    @perdure.durable("loops:noop")
+    async def noop():
+        return 1
+
+    async with perdure:
+        await perdure.wait_until_serving()
+        for _ in range(20):
+            assert await (await noop()).result(timeout=30) == 1
+
+for _ in range(15):
+    asyncio.run(once(sys.argv[1]))
+"""
+
+
+def test_clients_in_loop_after_loop__leave_gRPC_nothing_to_hand_to_a_closed_loop(perdured) -> None:
+    # A stream cancelled at stop leaves operations that complete a moment later, after
+    # asyncio.run() has closed the loop; gRPC hands them to it anyway, and the next loop to
+    # use gRPC prints "Event loop is closed". Streams end by half-closing instead.
+    sidecar = perdured()
+    done = subprocess.run([sys.executable, "-c", LOOPS_SCRIPT, sidecar.address], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Event loop is closed" not in done.stderr
+    assert "Traceback" not in done.stderr
