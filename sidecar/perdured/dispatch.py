@@ -17,7 +17,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,7 +292,7 @@ class Dispatcher:
         assignment = self._by_job.get(job_id)
         return assignment is not None and assignment.namespace == namespace and not assignment.ended
 
-    def assign(self, row: dict[str, Any], steps: Iterable[dict[str, Any]] = ()) -> None:
+    def assign(self, row: dict[str, Any], steps: Sequence[dict[str, Any]] = ()) -> None:
         """Send a claimed job down its worker's stream and start its timeout clock."""
         session = self.sessions.get(row["worker_id"])
         policy = RetryPolicy(
@@ -319,17 +319,19 @@ class Dispatcher:
         # Filled in place: built apart and passed in, each part would be copied again.
         message = workers_pb2.SidecarMessage()
         job = message.assignment
-        job.job_id, job.attempt, job.max_attempts = str(row["id"]), row["attempt"], row["max_attempts"]
+        job_id = str(row["id"])
+        job.job_id, job.attempt, job.max_attempts = job_id, row["attempt"], row["max_attempts"]
         job.name, job.namespace = row["name"], row["namespace"]
         job.payload.data, job.payload.encoding = row["payload"], row["payload_encoding"]
-        job.deadline.CopyFrom(convert.timestamp(time.time() + timeout))
+        convert.fill_timestamp(job.deadline, time.time() + timeout)
         if row["parent_id"]:
             job.parent_id = str(row["parent_id"])
-        job.steps.extend(convert.step(step) for step in steps)
+        if steps:
+            job.steps.extend(convert.step(step) for step in steps)
         if row.get("trace_context"):
             job.trace_context.update(row["trace_context"])
         session.send(message)
-        log.debug("job.assigned", job_id=str(row["id"]), attempt=row["attempt"], worker_id=session.id)
+        log.debug("job.assigned", job_id=job_id, attempt=row["attempt"], worker_id=session.id)
 
     # -- how attempts end -----------------------------------------------------------------
 
@@ -411,8 +413,9 @@ class Dispatcher:
         """An outcome is committed (or did not count: state None): free its slot and say so."""
         self._release_slot(assignment)
         session.send(_ack(outcome, recorded=state is not None, state=state))
-        self.store.metrics.attempt_duration.labels(assignment.namespace, assignment.name, record.attempt_outcome).observe(
-            time.monotonic() - assignment.assigned_at)
+        if self.store.metrics.served:
+            self.store.metrics.attempt_duration.labels(assignment.namespace, assignment.name,
+                                                       record.attempt_outcome).observe(time.monotonic() - assignment.assigned_at)
         event = "job.succeeded" if record.kind == "success" else f"job.attempt_{record.attempt_outcome}"
         log.debug(event, job_id=outcome.job_id, attempt=outcome.attempt, state=state)
 

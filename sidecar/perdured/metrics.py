@@ -46,6 +46,8 @@ class _Unserved:
 
 class Metrics:
     def __init__(self, served: bool = False) -> None:
+        # Unserved, every metric is a no-op; a caller may then skip what it measures for one.
+        self.served = served
         self._activity: Tally[tuple[str, str, datetime, str]] = Tally()
         if not served:
             unserved: Any = _Unserved()

@@ -354,6 +354,8 @@ class Store:
 
     def _count_started(self, rows: list[dict[str, Any]]) -> None:
         self.metrics.count("started", rows)
+        if not self.metrics.served:
+            return
         for row in rows:
             lag = (row["claimed_at"] - row["run_at"]).total_seconds() if row.get("claimed_at") else 0.0
             self.metrics.scheduling_lag.labels(row["namespace"], row["name"]).observe(max(lag, 0.0))
